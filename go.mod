@@ -1,0 +1,3 @@
+module github.com/mqtt-sticky/mqtt-sticky
+
+go 1.26.8
