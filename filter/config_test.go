@@ -1,0 +1,49 @@
+package filter
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseConfigDefaults(t *testing.T) {
+	for _, in := range []string{"", "  ", "{}"} {
+		c, err := ParseConfig([]byte(in))
+		if err != nil {
+			t.Fatalf("%q: %v", in, err)
+		}
+		want := Config{HashKey: HashClientID, EmptyKey: EmptyAny, MaxConnectBytes: 65536, ConnectTimeoutMs: 10000}
+		if *c != want {
+			t.Errorf("%q: %+v, want %+v", in, *c, want)
+		}
+	}
+}
+
+func TestParseConfigValues(t *testing.T) {
+	c, err := ParseConfig([]byte(`{"hash_key":"username","empty_key":"reject","max_connect_bytes":1024,"connect_timeout_ms":500}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HashKey != HashUsername || c.EmptyKey != EmptyReject || c.MaxConnectBytes != 1024 || c.ConnectTimeout().Milliseconds() != 500 {
+		t.Errorf("%+v", *c)
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{`{"hash_keys": "client_id"}`, `unknown field "hash_keys"`},
+		{`{"hash_key": "ip"}`, `hash_key "ip": must be "client_id" or "username"`},
+		{`{"empty_key": "drop"}`, `empty_key "drop": must be "any", "source_ip" or "reject"`},
+		{`{"max_connect_bytes": 63}`, `max_connect_bytes 63: must be between 64 and 268435460`},
+		{`{"max_connect_bytes": 300000000}`, `max_connect_bytes 300000000: must be between`},
+		{`{"connect_timeout_ms": -1}`, `connect_timeout_ms -1: must be between 1 and 600000`},
+		{`{"connect_timeout_ms": 600001}`, `connect_timeout_ms 600001: must be between`},
+		{`{"connect_timeout_ms": "10s"}`, `cannot unmarshal string`},
+		{`{} {}`, `data after the JSON object`},
+		{`[`, `not valid JSON`},
+	} {
+		_, err := ParseConfig([]byte(tt.in))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ParseConfig(%s) = %v, want an error containing %q", tt.in, err, tt.want)
+		}
+	}
+}

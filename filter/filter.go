@@ -1,0 +1,307 @@
+// Package filter is the logic of the mqtt_sticky network filter: it holds a
+// new connection, reads its MQTT CONNECT from the buffered bytes without
+// draining them, sets the routing key, and lets the connection continue to
+// tcp_proxy, which picks the broker by consistent hash on that key.
+//
+// The package knows nothing of cgo: Envoy is reached through the Conn
+// interface, implemented by package abi for the real thing and by a fake
+// in the tests.
+package filter
+
+import (
+	"time"
+
+	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
+)
+
+// Status is a filter's answer to a hook.
+type Status int
+
+const (
+	// Continue lets iteration go on to the next filter (tcp_proxy).
+	Continue Status = iota
+	// Stop holds the connection: tcp_proxy is not called and the bytes
+	// stay buffered in Envoy.
+	Stop
+	// Routed is Continue for the read that completed the CONNECT. The
+	// filter has nothing more to do: every later hook passes through
+	// without calling it again, and it may be released.
+	Routed
+)
+
+// MetadataNamespace is the dynamic metadata namespace the filter writes,
+// e.g. %DYNAMIC_METADATA(mqtt:client_id)% in an access log.
+const MetadataNamespace = "mqtt"
+
+// LogLevel mirrors Envoy's log levels.
+type LogLevel int
+
+const (
+	LogTrace LogLevel = iota
+	LogDebug
+	LogInfo
+	LogWarn
+	LogError
+	LogCritical
+)
+
+// Conn is the connection a Filter works on. Envoy's callbacks are only
+// valid on the connection's worker thread, inside a hook, so every method
+// must be called from a Filter method that Envoy invoked.
+type Conn interface {
+	// SetHashKey stores the routing key as the hashable filter state that
+	// tcp_proxy's hash policy reads. It reports false if Envoy refused it.
+	SetHashKey(key string) bool
+	SetMetadata(key, value string)
+	SetMetadataNumber(key string, value float64)
+	// ReadEnabled reports whether Envoy is reading from the client. A
+	// tcp_proxy without max_early_data_bytes disables reading as soon as
+	// the filter chain is built, and the CONNECT would never arrive.
+	ReadEnabled() bool
+	// RemoteAddress is the client's address as Envoy sees it (after any
+	// downstream PROXY protocol).
+	RemoteAddress() (ip string, port uint32, ok bool)
+	// Write sends bytes to the client.
+	Write(data []byte)
+	// Close closes the connection after flushing what was written. Envoy
+	// calls the filter's OnClose from inside it.
+	Close(details string)
+	Inc(c Counter)
+	AddGauge(g Gauge, delta int64)
+	Log(level LogLevel, msg string)
+	// ArmTimer makes Envoy call OnTimer on this connection's worker after
+	// d, unless DisarmTimer is called first.
+	ArmTimer(d time.Duration)
+	DisarmTimer()
+}
+
+type state uint8
+
+const (
+	waiting state = iota // holding the connection until the CONNECT is complete
+	routed               // key set, connection handed to tcp_proxy
+	closed               // refused, timed out, or closed by the client
+)
+
+// Filter is one connection's filter. It is not safe for concurrent use;
+// Envoy calls it from one worker thread.
+type Filter struct {
+	cfg     *Config
+	conn    Conn
+	state   state
+	parser  mqtt.Parser
+	copied  []byte // the buffered bytes, when Envoy holds them in more than one chunk
+	started bool   // OnNewConnection ran: the timer and gauge are live
+}
+
+// New returns the filter for a new connection.
+func New(cfg *Config, conn Conn) *Filter {
+	f := &Filter{cfg: cfg, conn: conn}
+	f.parser.MaxPacketSize = cfg.MaxConnectBytes
+	return f
+}
+
+// OnNewConnection holds the connection: tcp_proxy does not open an upstream
+// connection until OnRead returns Routed.
+func (f *Filter) OnNewConnection() Status {
+	if !f.conn.ReadEnabled() {
+		f.refuse(RejectReadDisabled, "reading is disabled before the CONNECT could arrive",
+			"set max_early_data_bytes on the tcp_proxy that follows mqtt_sticky")
+		return Stop
+	}
+	f.started = true
+	f.conn.AddGauge(Waiting, 1)
+	f.conn.ArmTimer(f.cfg.ConnectTimeout())
+	return Stop
+}
+
+// OnRead parses the bytes Envoy has buffered so far, given as the chunks of
+// its read buffer; they are only read, never drained, and not retained.
+func (f *Filter) OnRead(chunks [][]byte, endStream bool) Status {
+	switch f.state {
+	case routed:
+		return Continue
+	case closed:
+		return Stop
+	}
+	data := f.contiguous(chunks)
+	st, err := f.parser.Feed(data)
+	switch st {
+	case mqtt.Done:
+		return f.route(f.parser.Connect())
+	case mqtt.Failed:
+		var reason mqtt.Reason
+		if e, ok := err.(*mqtt.Error); ok {
+			reason = e.Reason
+		}
+		f.refuse(rejectCounter(reason), "refused CONNECT", err.Error())
+		return Stop
+	}
+	if endStream {
+		if len(data) == 0 {
+			f.finish(closed)
+			f.conn.Inc(ClosedEarly)
+			f.conn.Close("mqtt_sticky: closed before CONNECT")
+			return Stop
+		}
+		f.refuse(RejectTruncated, "client closed during CONNECT", "")
+		return Stop
+	}
+	return Stop
+}
+
+// contiguous returns the buffered bytes as one slice. A single chunk, the
+// usual case, is used in place. Otherwise the bytes are copied, once each:
+// Envoy's buffer only grows while the filter holds the connection, so the
+// prefix already copied is still valid. The copy stops at the CONNECT size
+// limit, past which the parser refuses anyway.
+func (f *Filter) contiguous(chunks [][]byte) []byte {
+	if len(chunks) == 1 && f.copied == nil {
+		return chunks[0]
+	}
+	if len(chunks) == 0 {
+		return f.copied
+	}
+	limit := f.cfg.MaxConnectBytes
+	skip := len(f.copied)
+	for _, c := range chunks {
+		if skip >= len(c) {
+			skip -= len(c)
+			continue
+		}
+		c = c[skip:]
+		skip = 0
+		if room := limit - len(f.copied); len(c) > room {
+			c = c[:room]
+		}
+		f.copied = append(f.copied, c...)
+		if len(f.copied) >= limit {
+			break
+		}
+	}
+	if f.copied == nil {
+		f.copied = []byte{}
+	}
+	return f.copied
+}
+
+// beforeRoute is nil except in builds with the mqtt_sticky_panic_hook tag,
+// which the end-to-end tests use to prove that a panic in a hook closes one
+// connection and leaves Envoy running.
+var beforeRoute func(*mqtt.Connect)
+
+func (f *Filter) route(c *mqtt.Connect) Status {
+	if beforeRoute != nil {
+		beforeRoute(c)
+	}
+	key := c.ClientID
+	if f.cfg.HashKey == HashUsername {
+		key = c.Username
+	}
+	if key == "" {
+		f.conn.Inc(EmptyKeyCount)
+		switch f.cfg.EmptyKey {
+		case EmptyReject:
+			f.rejectEmptyKey(c.Level)
+			return Stop
+		case EmptySourceIP:
+			if ip, _, ok := f.conn.RemoteAddress(); ok {
+				key = ip
+			}
+		}
+	}
+	if key != "" && !f.conn.SetHashKey(key) {
+		// Without the key tcp_proxy would pick a random broker and the
+		// client's session would silently move: fail closed instead.
+		f.refuse(RejectInternal, "Envoy refused the routing key", "is the envoy.hashable_string object factory linked in?")
+		return Stop
+	}
+	f.conn.SetMetadata("client_id", c.ClientID)
+	if c.HasUsername {
+		f.conn.SetMetadata("username", c.Username)
+	}
+	f.conn.SetMetadata("protocol_version", c.Level.String())
+	f.conn.SetMetadataNumber("keep_alive", float64(c.KeepAlive))
+	switch c.Level {
+	case mqtt.Level31:
+		f.conn.Inc(ConnectMQTT31)
+	case mqtt.Level311:
+		f.conn.Inc(ConnectMQTT311)
+	default:
+		f.conn.Inc(ConnectMQTT5)
+	}
+	f.finish(routed)
+	return Routed
+}
+
+// rejectEmptyKey answers with the CONNACK code the protocol version defines
+// for a refused identifier (or credentials, when hashing on the username),
+// then closes.
+func (f *Filter) rejectEmptyKey(level mqtt.Level) {
+	var code byte
+	switch {
+	case level == mqtt.Level5 && f.cfg.HashKey == HashUsername:
+		code = mqtt.ReasonBadUserNameOrPassword
+	case level == mqtt.Level5:
+		code = mqtt.ReasonClientIdentifierInvalid
+	case f.cfg.HashKey == HashUsername:
+		code = mqtt.ConnackBadUsernameOrPassword
+	default:
+		code = mqtt.ConnackIdentifierRejected
+	}
+	var buf [5]byte
+	f.conn.Write(mqtt.AppendConnack(buf[:0], level, code))
+	f.refuse(RejectEmptyKey, "empty "+string(f.cfg.HashKey)+" refused", "")
+}
+
+// OnTimer closes a connection that has not completed its CONNECT in time.
+func (f *Filter) OnTimer() {
+	if f.state != waiting {
+		return
+	}
+	f.refuse(Timeout, "no complete CONNECT within connect_timeout_ms", "")
+}
+
+// OnClose is called when the connection closes, from either side.
+func (f *Filter) OnClose() {
+	if f.state == waiting {
+		f.finish(closed)
+	}
+}
+
+// Destroy releases the filter; Envoy will not call it again.
+func (f *Filter) Destroy() { f.OnClose() }
+
+// finish leaves the waiting state: the timer and the gauge are released
+// exactly once.
+func (f *Filter) finish(s state) {
+	if f.state != waiting {
+		return
+	}
+	f.state = s
+	f.copied = nil
+	if f.started {
+		f.conn.DisarmTimer()
+		f.conn.AddGauge(Waiting, -1)
+	}
+}
+
+// refuse counts, logs and closes a connection that will not be routed.
+func (f *Filter) refuse(c Counter, what, detail string) {
+	f.finish(closed)
+	f.conn.Inc(c)
+	if logLimiter.allow() {
+		msg := "mqtt_sticky: " + what
+		if detail != "" {
+			msg += ": " + detail
+		}
+		if ip, port, ok := f.conn.RemoteAddress(); ok {
+			msg += " (client " + joinHostPort(ip, port) + ")"
+		}
+		if n := logLimiter.takeSuppressed(); n > 0 {
+			msg += "; " + itoa(n) + " similar lines suppressed"
+		}
+		f.conn.Log(LogInfo, msg)
+	}
+	f.conn.Close("mqtt_sticky: " + counterNames[c])
+}

@@ -1,0 +1,334 @@
+package filter
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
+)
+
+// fakeConn records what the filter asks of Envoy.
+type fakeConn struct {
+	readDisabled bool
+	refuseKey    bool
+	remoteIP     string
+
+	hashKey  *string
+	metadata map[string]string
+	numbers  map[string]float64
+	written  []byte
+	closed   []string
+	counters map[Counter]int
+	gauge    int64
+	logs     []string
+	timer    time.Duration // armed duration, 0 when disarmed
+	f        *Filter
+}
+
+func newFake() *fakeConn {
+	return &fakeConn{remoteIP: "127.0.0.9", metadata: map[string]string{}, numbers: map[string]float64{}, counters: map[Counter]int{}}
+}
+
+func (c *fakeConn) SetHashKey(key string) bool {
+	if c.refuseKey {
+		return false
+	}
+	c.hashKey = &key
+	return true
+}
+func (c *fakeConn) SetMetadata(k, v string)               { c.metadata[k] = v }
+func (c *fakeConn) SetMetadataNumber(k string, v float64) { c.numbers[k] = v }
+func (c *fakeConn) ReadEnabled() bool                     { return !c.readDisabled }
+func (c *fakeConn) RemoteAddress() (string, uint32, bool) {
+	return c.remoteIP, 40001, c.remoteIP != ""
+}
+func (c *fakeConn) Write(b []byte) { c.written = append(c.written, b...) }
+func (c *fakeConn) Close(details string) {
+	c.closed = append(c.closed, details)
+	if c.f != nil {
+		c.f.OnClose() // Envoy raises LocalClose from inside close()
+	}
+}
+func (c *fakeConn) Inc(k Counter)              { c.counters[k]++ }
+func (c *fakeConn) AddGauge(_ Gauge, d int64)  { c.gauge += d }
+func (c *fakeConn) Log(_ LogLevel, msg string) { c.logs = append(c.logs, msg) }
+func (c *fakeConn) ArmTimer(d time.Duration)   { c.timer = d }
+func (c *fakeConn) DisarmTimer()               { c.timer = 0 }
+
+func newFilter(t *testing.T, cfgJSON string) (*Filter, *fakeConn) {
+	t.Helper()
+	cfg, err := ParseConfig([]byte(cfgJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newFake()
+	f := New(cfg, c)
+	c.f = f
+	if st := f.OnNewConnection(); st != Stop {
+		t.Fatalf("OnNewConnection = %v, want Stop", st)
+	}
+	return f, c
+}
+
+func connect(level mqtt.Level, clientID, username string) []byte {
+	return mqtt.AppendConnect(nil, &mqtt.ConnectPacket{Connect: mqtt.Connect{
+		Level: level, ClientID: clientID, HasUsername: username != "", Username: username, KeepAlive: 45}})
+}
+
+func TestRoutesOnClientID(t *testing.T) {
+	f, c := newFilter(t, "")
+	if c.timer != 10*time.Second || c.gauge != 1 {
+		t.Fatalf("after OnNewConnection: timer %v, gauge %d", c.timer, c.gauge)
+	}
+	if st := f.OnRead([][]byte{connect(mqtt.Level5, "dev-1", "alice")}, false); st != Routed {
+		t.Fatalf("OnRead = %v, want Routed", st)
+	}
+	if c.hashKey == nil || *c.hashKey != "dev-1" {
+		t.Errorf("hash key = %v", c.hashKey)
+	}
+	want := map[string]string{"client_id": "dev-1", "username": "alice", "protocol_version": "5.0"}
+	for k, v := range want {
+		if c.metadata[k] != v {
+			t.Errorf("metadata %s = %q, want %q", k, c.metadata[k], v)
+		}
+	}
+	if c.numbers["keep_alive"] != 45 {
+		t.Errorf("keep_alive metadata = %v", c.numbers["keep_alive"])
+	}
+	if c.counters[ConnectMQTT5] != 1 || c.timer != 0 || c.gauge != 0 || len(c.closed) != 0 {
+		t.Errorf("counters %v, timer %v, gauge %d, closed %v", c.counters, c.timer, c.gauge, c.closed)
+	}
+	// Every later read passes through and counts nothing.
+	if st := f.OnRead([][]byte{{0x30, 0x00}}, false); st != Continue || c.counters[ConnectMQTT5] != 1 {
+		t.Errorf("read after routing = %v, counters %v", st, c.counters)
+	}
+}
+
+func TestRoutesOnUsername(t *testing.T) {
+	f, c := newFilter(t, `{"hash_key": "username"}`)
+	if st := f.OnRead([][]byte{connect(mqtt.Level311, "dev-1", "tenant-a")}, false); st != Routed || *c.hashKey != "tenant-a" {
+		t.Fatalf("OnRead = %v, key %v", st, c.hashKey)
+	}
+}
+
+// The CONNECT split over several of Envoy's buffer chunks, at every
+// position, and fed as it grows: the same key comes out, and the filter
+// copies each byte at most once.
+func TestChunkedAndIncremental(t *testing.T) {
+	pkt := append(connect(mqtt.Level311, "chunked-client", "u"), 0x82, 0x05) // plus the start of a SUBSCRIBE
+	for i := 1; i < len(pkt); i++ {
+		for j := i; j < len(pkt); j++ {
+			f, c := newFilter(t, "")
+			if st := f.OnRead([][]byte{pkt[:i], pkt[i:j], pkt[j:]}, false); st != Routed || *c.hashKey != "chunked-client" {
+				t.Fatalf("split %d/%d: %v, key %v", i, j, st, c.hashKey)
+			}
+		}
+	}
+	f, c := newFilter(t, "")
+	var chunks [][]byte
+	for i, b := range pkt {
+		chunks = append(chunks, []byte{b})
+		st := f.OnRead(chunks, false)
+		if c.hashKey != nil {
+			if st != Routed || i != len(pkt)-3 {
+				t.Fatalf("routed at byte %d (status %v), want at %d", i, st, len(pkt)-3)
+			}
+			break
+		}
+		if st != Stop {
+			t.Fatalf("byte %d: %v, want Stop", i, st)
+		}
+		// One chunk is parsed in place; from two on, each byte is copied once.
+		if want := map[bool]int{true: 0, false: i + 1}[i == 0]; len(f.copied) != want {
+			t.Fatalf("byte %d: %d bytes copied, want %d", i, len(f.copied), want)
+		}
+	}
+}
+
+func TestCopyIsBounded(t *testing.T) {
+	f, _ := newFilter(t, `{"max_connect_bytes": 100}`)
+	header := []byte{0x10, 90} // a CONNECT of 92 bytes, within the limit
+	f.OnRead([][]byte{header, bytes.Repeat([]byte{0}, 500), bytes.Repeat([]byte{0}, 500)}, false)
+	if len(f.copied) > 100 && f.state == waiting {
+		t.Fatalf("copied %d bytes with a 100-byte limit", len(f.copied))
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	tests := []struct {
+		name  string
+		in    []byte
+		end   bool
+		want  Counter
+		close bool
+	}{
+		{"HTTP", []byte("GET / HTTP/1.1\r\n"), false, rejectCounter(mqtt.ReasonNotConnect), true},
+		{"too large", []byte{0x10, 0xff, 0xff, 0x03}, false, rejectCounter(mqtt.ReasonTooLarge), true},
+		{"bad protocol level", append([]byte{0x10, 12, 0, 4}, "MQTT\x07\x02\x00\x3c\x00\x00"...), false, rejectCounter(mqtt.ReasonProtocolLevel), true},
+		{"truncated, then half-closed", connect(mqtt.Level311, "abc", "")[:8], true, RejectTruncated, true},
+		{"closed before any byte", nil, true, ClosedEarly, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, c := newFilter(t, "")
+			var chunks [][]byte
+			if tt.in != nil {
+				chunks = [][]byte{tt.in}
+			}
+			if st := f.OnRead(chunks, tt.end); st != Stop {
+				t.Fatalf("OnRead = %v, want Stop", st)
+			}
+			if c.counters[tt.want] != 1 || (len(c.closed) == 1) != tt.close {
+				t.Errorf("counters %v, closed %v", c.counters, c.closed)
+			}
+			if c.hashKey != nil || c.timer != 0 || c.gauge != 0 {
+				t.Errorf("after refusal: key %v, timer %v, gauge %d", c.hashKey, c.timer, c.gauge)
+			}
+			if tt.want != ClosedEarly && (len(c.logs) == 0 || !strings.Contains(c.logs[0], "127.0.0.9:40001")) {
+				t.Errorf("log lines %q do not name the client", c.logs)
+			}
+			// Nothing more happens once closed.
+			if st := f.OnRead([][]byte{connect(mqtt.Level311, "late", "")}, false); st != Stop || c.hashKey != nil {
+				t.Errorf("read after close = %v", st)
+			}
+		})
+	}
+}
+
+func TestTimeout(t *testing.T) {
+	f, c := newFilter(t, `{"connect_timeout_ms": 250}`)
+	if c.timer != 250*time.Millisecond {
+		t.Fatalf("timer armed for %v", c.timer)
+	}
+	f.OnRead([][]byte{{0x10}}, false)
+	f.OnTimer()
+	if c.counters[Timeout] != 1 || len(c.closed) != 1 || c.gauge != 0 {
+		t.Errorf("counters %v, closed %v, gauge %d", c.counters, c.closed, c.gauge)
+	}
+	f.OnTimer() // a late event changes nothing
+	if c.counters[Timeout] != 1 {
+		t.Errorf("second timer event counted again")
+	}
+
+	f, c = newFilter(t, "")
+	f.OnRead([][]byte{connect(mqtt.Level311, "quick", "")}, false)
+	f.OnTimer()
+	if c.counters[Timeout] != 0 || len(c.closed) != 0 {
+		t.Errorf("timer after routing closed the connection")
+	}
+}
+
+func TestClientCloseReleasesTheSlot(t *testing.T) {
+	f, c := newFilter(t, "")
+	f.OnRead([][]byte{{0x10, 0x0d}}, false)
+	f.OnClose()
+	f.Destroy()
+	if c.gauge != 0 || c.timer != 0 {
+		t.Errorf("gauge %d, timer %v after close", c.gauge, c.timer)
+	}
+}
+
+func TestEmptyKeyPolicies(t *testing.T) {
+	t.Run("any", func(t *testing.T) {
+		f, c := newFilter(t, `{"empty_key": "any"}`)
+		if st := f.OnRead([][]byte{connect(mqtt.Level311, "", "")}, false); st != Routed || c.hashKey != nil {
+			t.Errorf("status %v, key %v: want routed without a key", st, c.hashKey)
+		}
+		if c.counters[EmptyKeyCount] != 1 {
+			t.Errorf("empty_key counter = %d", c.counters[EmptyKeyCount])
+		}
+	})
+	t.Run("source_ip", func(t *testing.T) {
+		f, c := newFilter(t, `{"empty_key": "source_ip"}`)
+		if st := f.OnRead([][]byte{connect(mqtt.Level5, "", "")}, false); st != Routed || c.hashKey == nil || *c.hashKey != "127.0.0.9" {
+			t.Errorf("status %v, key %v: want the source IP", st, c.hashKey)
+		}
+	})
+	for _, tt := range []struct {
+		level   mqtt.Level
+		hashKey string
+		want    []byte
+	}{
+		{mqtt.Level311, "client_id", []byte{0x20, 0x02, 0x00, 0x02}},
+		{mqtt.Level31, "client_id", []byte{0x20, 0x02, 0x00, 0x02}},
+		{mqtt.Level5, "client_id", []byte{0x20, 0x03, 0x00, 0x85, 0x00}},
+		{mqtt.Level311, "username", []byte{0x20, 0x02, 0x00, 0x04}},
+		{mqtt.Level5, "username", []byte{0x20, 0x03, 0x00, 0x86, 0x00}},
+	} {
+		t.Run("reject "+tt.level.String()+" "+tt.hashKey, func(t *testing.T) {
+			f, c := newFilter(t, `{"empty_key": "reject", "hash_key": "`+tt.hashKey+`"}`)
+			if st := f.OnRead([][]byte{connect(tt.level, "", "")}, false); st != Stop {
+				t.Fatalf("status %v", st)
+			}
+			if !bytes.Equal(c.written, tt.want) || len(c.closed) != 1 || c.counters[RejectEmptyKey] != 1 {
+				t.Errorf("wrote % x, closed %v, counters %v; want % x", c.written, c.closed, c.counters, tt.want)
+			}
+		})
+	}
+}
+
+func TestRefusedKeyFailsClosed(t *testing.T) {
+	cfg, _ := ParseConfig(nil)
+	c := newFake()
+	c.refuseKey = true
+	f := New(cfg, c)
+	c.f = f
+	f.OnNewConnection()
+	if st := f.OnRead([][]byte{connect(mqtt.Level311, "x", "")}, false); st != Stop || c.counters[RejectInternal] != 1 || len(c.closed) != 1 {
+		t.Errorf("status %v, counters %v, closed %v", st, c.counters, c.closed)
+	}
+}
+
+func TestReadDisabledIsLoud(t *testing.T) {
+	cfg, _ := ParseConfig(nil)
+	c := newFake()
+	c.readDisabled = true
+	f := New(cfg, c)
+	c.f = f
+	if st := f.OnNewConnection(); st != Stop || c.counters[RejectReadDisabled] != 1 || len(c.closed) != 1 {
+		t.Errorf("status %v, counters %v, closed %v", st, c.counters, c.closed)
+	}
+	if len(c.logs) != 1 || !strings.Contains(c.logs[0], "max_early_data_bytes") {
+		t.Errorf("log %q does not say how to fix it", c.logs)
+	}
+	if c.gauge != 0 || c.timer != 0 {
+		t.Errorf("gauge %d, timer %v", c.gauge, c.timer)
+	}
+}
+
+func TestCounterNamesAreUnique(t *testing.T) {
+	seen := map[string]bool{}
+	names := CounterNames()
+	if len(names) != int(rejectFirst)+len(mqtt.Reasons()) {
+		t.Fatalf("%d names for %d counters", len(names), int(rejectFirst)+len(mqtt.Reasons()))
+	}
+	for i, n := range names {
+		if n == "" || seen[n] {
+			t.Errorf("counter %d has name %q", i, n)
+		}
+		seen[n] = true
+	}
+	if names[rejectCounter(mqtt.ReasonTooLarge)] != "rejected_too_large" {
+		t.Errorf("too-large counter is %q", names[rejectCounter(mqtt.ReasonTooLarge)])
+	}
+}
+
+func TestLogLimiter(t *testing.T) {
+	now := time.Unix(100, 0)
+	l := &limiter{perSecond: 3, now: func() time.Time { return now }}
+	allowed := 0
+	for range 10 {
+		if l.allow() {
+			allowed++
+		}
+	}
+	if allowed != 3 || l.takeSuppressed() != 7 || l.takeSuppressed() != 0 {
+		t.Fatalf("allowed %d of 10 in one second", allowed)
+	}
+	now = now.Add(time.Second)
+	if !l.allow() {
+		t.Error("a new second allows lines again")
+	}
+}
