@@ -1,0 +1,334 @@
+// Package broker runs a real MQTT broker (mochi-mqtt) behind a listener
+// that can require a PROXY protocol header, and records which client IDs
+// connected from which address. It is the local stand-in for an EMQX node:
+// tests, benchmarks and `make run` put Envoy in front of several of them.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/pires/go-proxyproto"
+)
+
+// ProxyMode says whether connections must start with a PROXY header.
+type ProxyMode string
+
+const (
+	ProxyRequired ProxyMode = "required" // refuse connections without a header
+	ProxyOptional ProxyMode = "optional" // use a header when present
+	ProxyOff      ProxyMode = "off"      // treat every byte as MQTT
+)
+
+// ParseProxyMode checks a --proxy-protocol value.
+func ParseProxyMode(s string) (ProxyMode, error) {
+	switch m := ProxyMode(s); m {
+	case ProxyRequired, ProxyOptional, ProxyOff:
+		return m, nil
+	}
+	return "", fmt.Errorf("proxy protocol mode %q: must be required, optional or off", s)
+}
+
+// proxyHeaderTimeout bounds how long a connection may take to send its
+// PROXY header. Envoy sends it with the first bytes, so a short limit only
+// catches clients that bypassed the proxy.
+const proxyHeaderTimeout = 5 * time.Second
+
+// Options configure a Broker.
+type Options struct {
+	Name          string // shown in logs and records; defaults to the listen address
+	Listen        string // host:port; port 0 picks a free one
+	ProxyProtocol ProxyMode
+	Logger        *slog.Logger // nil discards logs
+	// MaxRecords caps how many connection records are kept (oldest are
+	// dropped first). Zero means 1,000,000.
+	MaxRecords int
+}
+
+// Connection records one MQTT client accepted by the broker.
+type Connection struct {
+	Broker   string
+	ClientID string
+	Remote   string // the client address: from the PROXY header when there was one
+	Proxied  bool   // Remote came from a PROXY header
+	Version  byte   // MQTT protocol level: 3, 4 or 5
+	At       time.Time
+}
+
+// Broker is a running MQTT broker.
+type Broker struct {
+	name   string
+	mode   ProxyMode
+	log    *slog.Logger
+	server *mqtt.Server
+	ln     net.Listener
+	done   chan struct{}
+	wg     sync.WaitGroup
+
+	accepted      atomic.Int64 // TCP connections accepted
+	open          atomic.Int64 // TCP connections open now
+	proxyRejected atomic.Int64 // connections refused for a missing or bad PROXY header
+
+	mu         sync.Mutex
+	records    []Connection
+	maxRecords int
+	conns      map[net.Conn]struct{}
+	notify     chan struct{} // closed and replaced on every new record
+}
+
+// Start listens and serves until Close.
+func Start(opts Options) (*Broker, error) {
+	if opts.ProxyProtocol == "" {
+		opts.ProxyProtocol = ProxyRequired
+	}
+	if _, err := ParseProxyMode(string(opts.ProxyProtocol)); err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	ln, err := net.Listen("tcp", opts.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("broker: listen on %s: %w", opts.Listen, err)
+	}
+	b := &Broker{
+		name:       opts.Name,
+		mode:       opts.ProxyProtocol,
+		log:        log,
+		ln:         ln,
+		done:       make(chan struct{}),
+		maxRecords: opts.MaxRecords,
+		conns:      map[net.Conn]struct{}{},
+		notify:     make(chan struct{}),
+	}
+	if b.name == "" {
+		b.name = ln.Addr().String()
+	}
+	if b.maxRecords <= 0 {
+		b.maxRecords = 1_000_000
+	}
+	b.server = mqtt.New(&mqtt.Options{
+		InlineClient: true,
+		// mochi logs every client error at info; keep only its warnings.
+		Logger: slog.New(discardBelow{log.Handler(), slog.LevelWarn}),
+	})
+	if err := b.server.AddHook(new(auth.AllowHook), nil); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if err := b.server.AddHook(&recorder{b: b}, nil); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	// Serve with no listeners of mochi's own: it only starts the event
+	// loops. Connections come from acceptLoop.
+	if err := b.server.Serve(); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	b.wg.Add(1)
+	go b.acceptLoop()
+	log.Info("broker listening", "broker", b.name, "addr", ln.Addr().String(), "proxy_protocol", string(b.mode))
+	return b, nil
+}
+
+// Name is the broker's name.
+func (b *Broker) Name() string { return b.name }
+
+// Addr is the address the broker listens on.
+func (b *Broker) Addr() string { return b.ln.Addr().String() }
+
+// Server is the embedded mochi server, for publishing and subscribing
+// in process.
+func (b *Broker) Server() *mqtt.Server { return b.server }
+
+// Close stops accepting, closes every connection and stops the broker.
+func (b *Broker) Close() error {
+	select {
+	case <-b.done:
+		return nil
+	default:
+	}
+	close(b.done)
+	err := b.ln.Close()
+	b.mu.Lock()
+	for c := range b.conns {
+		c.Close()
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+	b.server.Close()
+	return err
+}
+
+func (b *Broker) acceptLoop() {
+	defer b.wg.Done()
+	for {
+		raw, err := b.ln.Accept()
+		if err != nil {
+			select {
+			case <-b.done:
+				return
+			default:
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				continue
+			}
+			b.log.Error("broker accept failed", "broker", b.name, "err", err)
+			return
+		}
+		b.accepted.Add(1)
+		b.open.Add(1)
+		b.mu.Lock()
+		b.conns[raw] = struct{}{}
+		b.mu.Unlock()
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			defer func() {
+				raw.Close()
+				b.mu.Lock()
+				delete(b.conns, raw)
+				b.mu.Unlock()
+				b.open.Add(-1)
+			}()
+			b.serveConn(raw)
+		}()
+	}
+}
+
+func (b *Broker) serveConn(raw net.Conn) {
+	conn := raw
+	if b.mode != ProxyOff {
+		policy := proxyproto.USE
+		if b.mode == ProxyRequired {
+			policy = proxyproto.REQUIRE
+		}
+		pc := proxyproto.NewConn(raw, proxyproto.WithPolicy(policy), proxyproto.SetReadHeaderTimeout(proxyHeaderTimeout))
+		if pc.ProxyHeader() == nil && b.mode == ProxyRequired {
+			b.proxyRejected.Add(1)
+			b.log.Warn("broker refused a connection without a valid PROXY header",
+				"broker", b.name, "peer", raw.RemoteAddr().String())
+			return
+		}
+		conn = pc
+	}
+	err := b.server.EstablishConnection("proxy", conn)
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		b.log.Debug("broker connection ended", "broker", b.name, "err", err)
+	}
+}
+
+// record stores a connection and wakes waiters.
+func (b *Broker) record(c Connection) {
+	b.mu.Lock()
+	if len(b.records) >= b.maxRecords {
+		b.records = append(b.records[:0], b.records[len(b.records)/2:]...)
+	}
+	b.records = append(b.records, c)
+	close(b.notify)
+	b.notify = make(chan struct{})
+	b.mu.Unlock()
+	b.log.Info("client connected", "broker", b.name, "client_id", c.ClientID, "remote", c.Remote,
+		"proxied", c.Proxied, "mqtt_level", c.Version)
+}
+
+// Connections returns every connection recorded so far, oldest first.
+func (b *Broker) Connections() []Connection {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]Connection(nil), b.records...)
+}
+
+// ResetRecords forgets the recorded connections.
+func (b *Broker) ResetRecords() {
+	b.mu.Lock()
+	b.records = nil
+	b.mu.Unlock()
+}
+
+// WaitFor blocks until a connection matching ok is recorded, or ctx ends.
+func (b *Broker) WaitFor(ctx context.Context, ok func(Connection) bool) (Connection, error) {
+	for {
+		b.mu.Lock()
+		for i := len(b.records) - 1; i >= 0; i-- {
+			if ok(b.records[i]) {
+				c := b.records[i]
+				b.mu.Unlock()
+				return c, nil
+			}
+		}
+		ch := b.notify
+		b.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return Connection{}, ctx.Err()
+		}
+	}
+}
+
+// Accepted counts the TCP connections accepted since start.
+func (b *Broker) Accepted() int64 { return b.accepted.Load() }
+
+// Open counts the TCP connections open now.
+func (b *Broker) Open() int64 { return b.open.Load() }
+
+// ProxyRejected counts connections refused for lacking a PROXY header.
+func (b *Broker) ProxyRejected() int64 { return b.proxyRejected.Load() }
+
+// recorder is the mochi hook that records connecting clients.
+type recorder struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+func (r *recorder) ID() string { return "mqtt-sticky-recorder" }
+
+func (r *recorder) Provides(b byte) bool { return b == mqtt.OnConnect }
+
+func (r *recorder) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	c := Connection{
+		Broker:   r.b.name,
+		ClientID: cl.ID,
+		Remote:   cl.Net.Remote,
+		Version:  cl.Properties.ProtocolVersion,
+		At:       time.Now(),
+	}
+	if pc, ok := cl.Net.Conn.(*proxyproto.Conn); ok {
+		if h := pc.ProxyHeader(); h != nil && !h.Command.IsLocal() {
+			c.Proxied = true
+		}
+	}
+	r.b.record(c)
+	return nil
+}
+
+// discardBelow is a slog handler that drops records below a level.
+type discardBelow struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (d discardBelow) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= d.min && d.Handler.Enabled(ctx, l)
+}
+
+func (d discardBelow) WithAttrs(a []slog.Attr) slog.Handler {
+	return discardBelow{d.Handler.WithAttrs(a), d.min}
+}
+
+func (d discardBelow) WithGroup(n string) slog.Handler {
+	return discardBelow{d.Handler.WithGroup(n), d.min}
+}
