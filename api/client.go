@@ -1,0 +1,114 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Client calls the management API.
+type Client struct {
+	BaseURL string // e.g. http://127.0.0.1:8080
+	Token   string
+	HTTP    *http.Client
+}
+
+// APIError is a non-2xx answer.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+func (e *APIError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Message, e.Status) }
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.BaseURL, "/")+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = &http.Client{Timeout: 10 * time.Second}
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the mqtt-sticky API at %s: %w (is `mqtt-sticky serve` running? set --api or MQTT_STICKY_API)", c.BaseURL, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode/100 != 2 {
+		var e Error
+		if json.Unmarshal(data, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(data))
+		}
+		return &APIError{Status: resp.StatusCode, Message: e.Error}
+	}
+	if out != nil {
+		return json.Unmarshal(data, out)
+	}
+	return nil
+}
+
+func endpointsPath(cluster string) string { return "/v1/clusters/" + url.PathEscape(cluster) + "/endpoints" }
+
+// Clusters lists the clusters.
+func (c *Client) Clusters(ctx context.Context) (*ClusterList, error) {
+	var out ClusterList
+	return &out, c.do(ctx, http.MethodGet, "/v1/clusters", nil, &out)
+}
+
+// Endpoints lists a cluster's endpoints.
+func (c *Client) Endpoints(ctx context.Context, cluster string) (*EndpointList, error) {
+	var out EndpointList
+	return &out, c.do(ctx, http.MethodGet, endpointsPath(cluster), nil, &out)
+}
+
+// SetEndpoints replaces a cluster's endpoints.
+func (c *Client) SetEndpoints(ctx context.Context, cluster string, eps []Endpoint) (*EndpointList, error) {
+	var out EndpointList
+	if eps == nil {
+		eps = []Endpoint{}
+	}
+	return &out, c.do(ctx, http.MethodPut, endpointsPath(cluster), EndpointSet{Endpoints: eps}, &out)
+}
+
+// AddEndpoint adds one endpoint.
+func (c *Client) AddEndpoint(ctx context.Context, cluster string, e Endpoint) (*EndpointList, error) {
+	var out EndpointList
+	return &out, c.do(ctx, http.MethodPost, endpointsPath(cluster), e, &out)
+}
+
+// RemoveEndpoint removes the endpoint given as address:port.
+func (c *Client) RemoveEndpoint(ctx context.Context, cluster, addrPort string) (*EndpointList, error) {
+	var out EndpointList
+	return &out, c.do(ctx, http.MethodDelete, endpointsPath(cluster)+"/"+url.PathEscape(addrPort), nil, &out)
+}
+
+// Status returns the nodes' status.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	var out Status
+	return &out, c.do(ctx, http.MethodGet, "/v1/status", nil, &out)
+}

@@ -1,0 +1,240 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/legacy"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/server"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/store"
+)
+
+// backend joins a real store and a real xDS server, as `serve` does.
+type backend struct {
+	*store.Store
+	srv *server.Server
+}
+
+func (b backend) Nodes() []server.NodeStatus { return b.srv.Nodes() }
+
+type fixture struct {
+	ts     *httptest.Server
+	router routers.Router
+	st     *store.Store
+}
+
+func newFixture(t *testing.T, token string) *fixture {
+	t.Helper()
+	m := model.Default()
+	srv, err := server.New(m, 1, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := store.New(m, 1, "", srv)
+	h := NewHandler(backend{st, srv}, Options{Token: token, Registry: prometheus.NewRegistry()})
+	ts := httptest.NewServer(h)
+	t.Cleanup(ts.Close)
+
+	doc, err := openapi3.NewLoader().LoadFromData(Spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := doc.Validate(context.Background()); err != nil {
+		t.Fatalf("openapi.yaml is not a valid OpenAPI document: %v", err)
+	}
+	doc.Servers = openapi3.Servers{{URL: ts.URL}}
+	router, err := legacy.NewRouter(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{ts: ts, router: router, st: st}
+}
+
+// call sends a request and checks the response against openapi.yaml. When
+// validRequest is set, the request is checked against it too.
+func (f *fixture) call(t *testing.T, method, path, token, body string, validRequest bool) (int, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(method, f.ts.URL+path, strings.NewReader(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	route, params, err := f.router.FindRoute(req)
+	if err != nil {
+		t.Fatalf("%s %s is not in openapi.yaml: %v", method, path, err)
+	}
+	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route,
+		Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
+	if validRequest {
+		if err := openapi3filter.ValidateRequest(context.Background(), in); err != nil {
+			t.Fatalf("request %s %s does not match openapi.yaml: %v", method, path, err)
+		}
+		req.Body = io.NopCloser(strings.NewReader(body))
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	out := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: resp.StatusCode, Header: resp.Header,
+		Body: io.NopCloser(bytes.NewReader(data))}
+	if err := openapi3filter.ValidateResponse(context.Background(), out); err != nil {
+		t.Errorf("%s %s: response %d does not match openapi.yaml: %v\n%s", method, path, resp.StatusCode, err, data)
+	}
+	return resp.StatusCode, data
+}
+
+func TestEndpointLifecycle(t *testing.T) {
+	f := newFixture(t, "")
+	code, body := f.call(t, "GET", "/v1/clusters", "", "", true)
+	if code != 200 || !strings.Contains(string(body), `"name": "brokers"`) {
+		t.Fatalf("list clusters: %d %s", code, body)
+	}
+	code, body = f.call(t, "POST", "/v1/clusters/brokers/endpoints", "", `{"address":"127.0.0.1","port":18834,"weight":1}`, true)
+	if code != 201 || !strings.Contains(string(body), `"port": 18834`) || !strings.Contains(string(body), `"version": 2`) {
+		t.Fatalf("add: %d %s", code, body)
+	}
+	code, body = f.call(t, "DELETE", "/v1/clusters/brokers/endpoints/127.0.0.1:18834", "", "", true)
+	if code != 200 || strings.Contains(string(body), "18834") {
+		t.Fatalf("remove: %d %s", code, body)
+	}
+	code, body = f.call(t, "PUT", "/v1/clusters/brokers/endpoints", "", `{"endpoints":[{"address":"fd00::1","port":1883},{"address":"10.0.0.1","port":1883,"weight":3}]}`, true)
+	var list EndpointList
+	json.Unmarshal(body, &list)
+	if code != 200 || len(list.Endpoints) != 2 || list.Endpoints[0].Address != "10.0.0.1" || list.Version != 4 {
+		t.Fatalf("set: %d %s", code, body)
+	}
+	code, _ = f.call(t, "DELETE", "/v1/clusters/brokers/endpoints/[fd00::1]:1883", "", "", true)
+	if code != 200 {
+		t.Fatalf("remove IPv6: %d", code)
+	}
+	code, body = f.call(t, "GET", "/v1/status", "", "", true)
+	if code != 200 || !strings.Contains(string(body), `"version": 5`) {
+		t.Fatalf("status: %d %s", code, body)
+	}
+	if code, _ := f.call(t, "GET", "/healthz", "", "", true); code != 200 {
+		t.Fatalf("healthz: %d", code)
+	}
+}
+
+// Every invalid request gets a 4xx with a JSON message, and changes
+// nothing: same endpoints, same version.
+func TestInvalidRequestsChangeNothing(t *testing.T) {
+	f := newFixture(t, "")
+	before, _ := f.st.Endpoints("brokers")
+	version := f.st.Version()
+	tests := []struct {
+		name, method, path, body string
+		code                     int
+		msg                      string
+	}{
+		{"malformed JSON", "POST", "/v1/clusters/brokers/endpoints", `{"address": "127.0.0.1", "port": `, 400, "malformed JSON"},
+		{"unknown field", "POST", "/v1/clusters/brokers/endpoints", `{"adress": "127.0.0.1", "port": 1}`, 400, `unknown field "adress"`},
+		{"hostname", "POST", "/v1/clusters/brokers/endpoints", `{"address": "broker-4.local", "port": 1883}`, 400, "is not an IP address"},
+		{"port out of range", "POST", "/v1/clusters/brokers/endpoints", `{"address": "127.0.0.1", "port": 70000}`, 400, "out of range 1-65535"},
+		{"port as string", "POST", "/v1/clusters/brokers/endpoints", `{"address": "127.0.0.1", "port": "1883"}`, 400, "malformed JSON"},
+		{"weight", "POST", "/v1/clusters/brokers/endpoints", `{"address": "127.0.0.1", "port": 1883, "weight": 1000}`, 400, "weight 1000 must be between 1 and 128"},
+		{"duplicate", "POST", "/v1/clusters/brokers/endpoints", `{"address": "127.0.0.1", "port": 18831}`, 409, "already in cluster"},
+		{"unknown cluster", "POST", "/v1/clusters/nope/endpoints", `{"address": "127.0.0.1", "port": 1}`, 404, `cluster "nope"`},
+		{"unknown cluster list", "GET", "/v1/clusters/nope/endpoints", "", 404, `cluster "nope"`},
+		{"duplicate in set", "PUT", "/v1/clusters/brokers/endpoints", `{"endpoints":[{"address":"127.0.0.1","port":1},{"address":"127.0.0.1","port":1}]}`, 400, "listed twice"},
+		{"set without list", "PUT", "/v1/clusters/brokers/endpoints", `{}`, 400, `body must be {"endpoints": [...]}`},
+		{"bare list", "PUT", "/v1/clusters/brokers/endpoints", `[{"address":"127.0.0.1","port":1}]`, 400, "malformed JSON"},
+		{"remove missing", "DELETE", "/v1/clusters/brokers/endpoints/127.0.0.1:9", "", 404, "is not in cluster"},
+		{"remove bad form", "DELETE", "/v1/clusters/brokers/endpoints/127.0.0.1", "", 400, "want address:port"},
+		{"trailing data", "POST", "/v1/clusters/brokers/endpoints", `{"address":"127.0.0.1","port":2} {}`, 400, "data after"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, body := f.call(t, tt.method, tt.path, "", tt.body, false)
+			var e Error
+			if code != tt.code || json.Unmarshal(body, &e) != nil || !strings.Contains(e.Error, tt.msg) {
+				t.Errorf("%d %s; want %d with %q", code, body, tt.code, tt.msg)
+			}
+		})
+	}
+	after, _ := f.st.Endpoints("brokers")
+	if f.st.Version() != version || len(after) != len(before) {
+		t.Errorf("invalid requests changed the store: version %d -> %d, endpoints %v -> %v", version, f.st.Version(), before, after)
+	}
+}
+
+func TestBearerToken(t *testing.T) {
+	f := newFixture(t, "s3cret")
+	if code, _ := f.call(t, "GET", "/v1/clusters", "", "", false); code != 401 {
+		t.Errorf("no token: %d, want 401", code)
+	}
+	if code, _ := f.call(t, "GET", "/v1/clusters", "wrong", "", false); code != 401 {
+		t.Errorf("wrong token: %d, want 401", code)
+	}
+	if code, _ := f.call(t, "POST", "/v1/clusters/brokers/endpoints", "wrong", `{"address":"127.0.0.1","port":9}`, false); code != 401 {
+		t.Errorf("wrong token on a change: %d, want 401", code)
+	}
+	if eps, _ := f.st.Endpoints("brokers"); len(eps) != 3 {
+		t.Errorf("an unauthorised change went through: %v", eps)
+	}
+	if code, _ := f.call(t, "GET", "/v1/clusters", "s3cret", "", true); code != 200 {
+		t.Errorf("right token: %d", code)
+	}
+	if code, _ := f.call(t, "GET", "/healthz", "", "", true); code != 200 {
+		t.Errorf("healthz needs no token: %d", code)
+	}
+}
+
+func TestMetricsAndSpec(t *testing.T) {
+	f := newFixture(t, "")
+	f.call(t, "GET", "/v1/clusters", "", "", true)
+	resp, err := http.Get(f.ts.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(data), `mqtt_sticky_api_requests_total{code="200",route="GET /v1/clusters"} 1`) {
+		t.Errorf("/metrics lacks the request counter:\n%s", data)
+	}
+	resp, err = http.Get(f.ts.URL + "/openapi.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Equal(data, Spec) {
+		t.Error("/openapi.yaml does not serve the embedded spec")
+	}
+}
+
+func TestClient(t *testing.T) {
+	f := newFixture(t, "tok")
+	c := &Client{BaseURL: f.ts.URL, Token: "tok"}
+	ctx := context.Background()
+	if _, err := c.AddEndpoint(ctx, "brokers", Endpoint{Address: "127.0.0.1", Port: 18834}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := c.RemoveEndpoint(ctx, "brokers", "127.0.0.1:18831")
+	if err != nil || len(list.Endpoints) != 3 {
+		t.Fatalf("%v %v", list, err)
+	}
+	_, err = c.AddEndpoint(ctx, "brokers", Endpoint{Address: "127.0.0.1", Port: 18834})
+	if e, ok := err.(*APIError); !ok || e.Status != 409 {
+		t.Errorf("duplicate add: %v", err)
+	}
+	if _, err := (&Client{BaseURL: f.ts.URL}).Clusters(ctx); err == nil || !strings.Contains(err.Error(), "HTTP 401") {
+		t.Errorf("no token: %v", err)
+	}
+}

@@ -1,0 +1,522 @@
+// Package model is the control plane's view of a broker fleet: the
+// listeners clients connect to, the broker clusters behind them, and each
+// cluster's endpoints. It is the input of package translate, which turns it
+// into Envoy resources, and the thing the store persists and the API
+// changes. Everything here is plain data with defaults and validation; no
+// I/O.
+package model
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/mqtt-sticky/mqtt-sticky/filter"
+)
+
+// Model is the whole fleet configuration.
+type Model struct {
+	Listeners []Listener `json:"listeners"`
+	Clusters  []Cluster  `json:"clusters"`
+}
+
+// Listener is an address Envoy accepts MQTT clients on.
+type Listener struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	Port    int    `json:"port"`
+	Cluster string `json:"cluster"` // the broker cluster clients are sent to
+	// Filter holds the mqtt_sticky filter's options, with the same JSON keys
+	// as the filter's own config.
+	Filter filter.Config `json:"filter"`
+	// BufferLimitBytes bounds what Envoy buffers per client connection.
+	BufferLimitBytes uint32 `json:"buffer_limit_bytes,omitempty"`
+	// ModuleName is the dynamic module Envoy loads (lib<name>.so from
+	// ENVOY_DYNAMIC_MODULES_SEARCH_PATH).
+	ModuleName string `json:"module_name,omitempty"`
+	// AccessLog writes one line per client connection to Envoy's stdout:
+	// client ID, protocol version, client address, broker, bytes.
+	AccessLog bool `json:"access_log,omitempty"`
+}
+
+// LBPolicy is a consistent-hash load balancer.
+type LBPolicy string
+
+const (
+	Maglev   LBPolicy = "maglev"
+	RingHash LBPolicy = "ring_hash"
+)
+
+// ProxyProtocol is the PROXY protocol version sent to brokers.
+type ProxyProtocol string
+
+const (
+	ProxyV1  ProxyProtocol = "v1"
+	ProxyV2  ProxyProtocol = "v2"
+	ProxyOff ProxyProtocol = "off"
+)
+
+// HealthCheckType is how Envoy probes brokers.
+type HealthCheckType string
+
+const (
+	// HealthMQTT sends an MQTT 3.1.1 CONNECT (after a PROXY header when the
+	// cluster uses one) and expects an accepting CONNACK.
+	HealthMQTT HealthCheckType = "mqtt"
+	// HealthTCP only opens a connection (and sends the PROXY header).
+	HealthTCP HealthCheckType = "tcp"
+	HealthOff HealthCheckType = "off"
+)
+
+// Duration is a time.Duration written as "5s" in JSON and YAML.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return []byte(`"` + time.Duration(d).String() + `"`), nil
+}
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration %s: %w (write it like \"5s\" or \"1m30s\")", b, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// HealthCheck configures active health checking of a cluster's brokers.
+type HealthCheck struct {
+	Type               HealthCheckType `json:"type"`
+	Interval           Duration        `json:"interval,omitempty"`
+	Timeout            Duration        `json:"timeout,omitempty"`
+	UnhealthyThreshold uint32          `json:"unhealthy_threshold,omitempty"`
+	HealthyThreshold   uint32          `json:"healthy_threshold,omitempty"`
+	// ClientIDPrefix starts the client ID of the MQTT probe; the Envoy node
+	// ID follows, so every Envoy probes with its own ID.
+	ClientIDPrefix string `json:"client_id_prefix,omitempty"`
+}
+
+// CircuitBreakers bound the connections Envoy opens to a cluster. Envoy's
+// defaults (1024) suit short HTTP requests, not MQTT connections that stay
+// open for days.
+type CircuitBreakers struct {
+	MaxConnections     uint32 `json:"max_connections,omitempty"`
+	MaxPendingRequests uint32 `json:"max_pending_requests,omitempty"`
+}
+
+// Cluster is a set of brokers behind one consistent hash.
+type Cluster struct {
+	Name           string          `json:"name"`
+	LBPolicy       LBPolicy        `json:"lb_policy,omitempty"`
+	PointsPerHost  uint32          `json:"points_per_host,omitempty"`   // ring_hash: ring entries per broker
+	MaglevTable    uint64          `json:"maglev_table_size,omitempty"` // maglev: prime table size
+	HashBalance    uint32          `json:"hash_balance_factor,omitempty"`
+	ProxyProtocol  ProxyProtocol   `json:"proxy_protocol,omitempty"`
+	HealthCheck    HealthCheck     `json:"health_check"`
+	CircuitBreaker CircuitBreakers `json:"circuit_breakers"`
+	// IdleTimeout closes client and broker connections that carried no
+	// bytes for this long. It must exceed 1.5 x the longest MQTT keepalive.
+	IdleTimeout      Duration `json:"idle_timeout,omitempty"`
+	ConnectTimeout   Duration `json:"connect_timeout,omitempty"`
+	BufferLimitBytes uint32   `json:"buffer_limit_bytes,omitempty"`
+	// HealthyPanicThreshold is Envoy's panic threshold in percent. The
+	// default 0 disables panic mode: with hashing, panic mode would pin
+	// the clients of a dead broker to it.
+	HealthyPanicThreshold *uint32    `json:"healthy_panic_threshold,omitempty"`
+	Endpoints             []Endpoint `json:"endpoints"`
+}
+
+// Endpoint is one broker.
+type Endpoint struct {
+	Address string `json:"address"`
+	Port    int    `json:"port"`
+	Weight  uint32 `json:"weight,omitempty"`
+}
+
+// Key identifies an endpoint within a cluster: "address:port".
+func (e Endpoint) Key() string {
+	return netip.AddrPortFrom(netip.MustParseAddr(e.Address), uint16(e.Port)).String()
+}
+
+// Defaults.
+const (
+	DefaultListenerName   = "mqtt"
+	DefaultClusterName    = "brokers"
+	DefaultModuleName     = "mqtt_sticky"
+	DefaultPointsPerHost  = 1024
+	DefaultMaglevTable    = 65537
+	DefaultWeight         = 1
+	DefaultMaxConnections = 1_000_000
+	DefaultMaxPending     = 100_000
+	DefaultIdleTimeout    = Duration(time.Hour)
+	DefaultConnectTimeout = Duration(5 * time.Second)
+	DefaultHealthInterval = Duration(5 * time.Second)
+	DefaultHealthTimeout  = Duration(2 * time.Second)
+	DefaultUnhealthy      = 2
+	DefaultHealthy        = 1
+	DefaultHealthClientID = "mqtt-sticky-hc-"
+	DefaultListenerBuffer = 1 << 20
+	DefaultClusterBuffer  = 1 << 20
+	maxWeight             = 128
+	maxRingSize           = 8 << 20 // Envoy's upper bound for a ring
+	maxPointsPerHost      = 65536
+	minHashBalanceFactor  = 100
+	maxMaglevTable        = 5_000_011 // the largest table Envoy accepts is 5,000,011
+)
+
+// Default returns the fleet `mqtt-sticky serve` runs without a config file:
+// a listener on port 1883 and cluster "brokers" of three local brokers,
+// Maglev, PROXY protocol v2, MQTT health checks.
+func Default() *Model {
+	m := &Model{
+		Listeners: []Listener{{Name: DefaultListenerName, Address: "0.0.0.0", Port: 1883, Cluster: DefaultClusterName}},
+		Clusters: []Cluster{{Name: DefaultClusterName, Endpoints: []Endpoint{
+			{Address: "127.0.0.1", Port: 18831},
+			{Address: "127.0.0.1", Port: 18832},
+			{Address: "127.0.0.1", Port: 18833},
+		}}},
+	}
+	m.SetDefaults()
+	return m
+}
+
+// SetDefaults fills in every field left empty.
+func (m *Model) SetDefaults() {
+	for i := range m.Listeners {
+		l := &m.Listeners[i]
+		if l.Name == "" {
+			l.Name = DefaultListenerName
+		}
+		if l.Cluster == "" {
+			l.Cluster = DefaultClusterName
+		}
+		if l.Address == "" {
+			l.Address = "0.0.0.0"
+		}
+		if l.ModuleName == "" {
+			l.ModuleName = DefaultModuleName
+		}
+		if l.BufferLimitBytes == 0 {
+			l.BufferLimitBytes = DefaultListenerBuffer
+		}
+		fillFilterDefaults(&l.Filter)
+	}
+	for i := range m.Clusters {
+		c := &m.Clusters[i]
+		if c.Name == "" {
+			c.Name = DefaultClusterName
+		}
+		if c.LBPolicy == "" {
+			c.LBPolicy = Maglev
+		}
+		if c.LBPolicy == RingHash && c.PointsPerHost == 0 {
+			c.PointsPerHost = DefaultPointsPerHost
+		}
+		if c.LBPolicy == Maglev && c.MaglevTable == 0 {
+			c.MaglevTable = DefaultMaglevTable
+		}
+		if c.ProxyProtocol == "" {
+			c.ProxyProtocol = ProxyV2
+		}
+		h := &c.HealthCheck
+		if h.Type == "" {
+			h.Type = HealthMQTT
+		}
+		if h.Interval == 0 {
+			h.Interval = DefaultHealthInterval
+		}
+		if h.Timeout == 0 {
+			h.Timeout = DefaultHealthTimeout
+		}
+		if h.UnhealthyThreshold == 0 {
+			h.UnhealthyThreshold = DefaultUnhealthy
+		}
+		if h.HealthyThreshold == 0 {
+			h.HealthyThreshold = DefaultHealthy
+		}
+		if h.ClientIDPrefix == "" {
+			h.ClientIDPrefix = DefaultHealthClientID
+		}
+		if c.CircuitBreaker.MaxConnections == 0 {
+			c.CircuitBreaker.MaxConnections = DefaultMaxConnections
+		}
+		if c.CircuitBreaker.MaxPendingRequests == 0 {
+			c.CircuitBreaker.MaxPendingRequests = DefaultMaxPending
+		}
+		if c.IdleTimeout == 0 {
+			c.IdleTimeout = DefaultIdleTimeout
+		}
+		if c.ConnectTimeout == 0 {
+			c.ConnectTimeout = DefaultConnectTimeout
+		}
+		if c.BufferLimitBytes == 0 {
+			c.BufferLimitBytes = DefaultClusterBuffer
+		}
+		if c.HealthyPanicThreshold == nil {
+			zero := uint32(0)
+			c.HealthyPanicThreshold = &zero
+		}
+		for j := range c.Endpoints {
+			if c.Endpoints[j].Weight == 0 {
+				c.Endpoints[j].Weight = DefaultWeight
+			}
+		}
+	}
+}
+
+func fillFilterDefaults(f *filter.Config) {
+	if f.HashKey == "" {
+		f.HashKey = filter.HashClientID
+	}
+	if f.EmptyKey == "" {
+		f.EmptyKey = filter.EmptyAny
+	}
+	if f.MaxConnectBytes == 0 {
+		f.MaxConnectBytes = filter.DefaultMaxConnectBytes
+	}
+	if f.ConnectTimeoutMs == 0 {
+		f.ConnectTimeoutMs = filter.DefaultConnectTimeoutMs
+	}
+}
+
+// ErrInvalid wraps every validation error.
+var ErrInvalid = errors.New("invalid configuration")
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// Cluster returns the named cluster, or nil.
+func (m *Model) Cluster(name string) *Cluster {
+	for i := range m.Clusters {
+		if m.Clusters[i].Name == name {
+			return &m.Clusters[i]
+		}
+	}
+	return nil
+}
+
+// Validate checks a model whose defaults are set. Errors name the listener,
+// cluster or endpoint and say what is accepted.
+func (m *Model) Validate() error {
+	if len(m.Listeners) == 0 {
+		return invalid("no listeners: define at least one")
+	}
+	if len(m.Clusters) == 0 {
+		return invalid("no clusters: define at least one")
+	}
+	names := map[string]bool{}
+	ports := map[string]string{}
+	for _, l := range m.Listeners {
+		what := fmt.Sprintf("listener %q", l.Name)
+		if !validName(l.Name) || names["listener/"+l.Name] {
+			return invalid("%s: names must be unique and use only letters, digits, '-', '_' and '.'", what)
+		}
+		names["listener/"+l.Name] = true
+		if _, err := netip.ParseAddr(l.Address); err != nil {
+			return invalid("%s: address %q is not an IP address", what, l.Address)
+		}
+		if l.Port < 1 || l.Port > 65535 {
+			return invalid("%s: port %d is out of range 1-65535", what, l.Port)
+		}
+		bind := fmt.Sprintf("%s:%d", l.Address, l.Port)
+		if other, dup := ports[bind]; dup {
+			return invalid("%s: %s is already used by listener %q", what, bind, other)
+		}
+		ports[bind] = l.Name
+		if m.Cluster(l.Cluster) == nil {
+			return invalid("%s: cluster %q is not defined", what, l.Cluster)
+		}
+		if err := l.Filter.Validate(); err != nil {
+			return invalid("%s: filter: %v", what, err)
+		}
+		if l.Filter.MaxConnectBytes > int(l.BufferLimitBytes) {
+			return invalid("%s: filter max_connect_bytes %d exceeds buffer_limit_bytes %d: Envoy would stop reading before the CONNECT is complete",
+				what, l.Filter.MaxConnectBytes, l.BufferLimitBytes)
+		}
+		if !validName(l.ModuleName) {
+			return invalid("%s: module_name %q is not a valid module name", what, l.ModuleName)
+		}
+	}
+	for i := range m.Clusters {
+		if err := m.Clusters[i].validate(names); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) validate(names map[string]bool) error {
+	what := fmt.Sprintf("cluster %q", c.Name)
+	if !validName(c.Name) || names["cluster/"+c.Name] {
+		return invalid("%s: names must be unique and use only letters, digits, '-', '_' and '.'", what)
+	}
+	names["cluster/"+c.Name] = true
+	switch c.LBPolicy {
+	case Maglev:
+		if c.PointsPerHost != 0 {
+			return invalid("%s: points_per_host applies to ring_hash only", what)
+		}
+		if c.MaglevTable > maxMaglevTable || !big.NewInt(int64(c.MaglevTable)).ProbablyPrime(20) {
+			return invalid("%s: maglev_table_size %d must be a prime no larger than %d (65537 is a good choice)", what, c.MaglevTable, maxMaglevTable)
+		}
+		if uint64(len(c.Endpoints))*100 > c.MaglevTable {
+			return invalid("%s: maglev_table_size %d is too small for %d endpoints: use a prime of at least 100 x endpoints", what, c.MaglevTable, len(c.Endpoints))
+		}
+	case RingHash:
+		if c.MaglevTable != 0 {
+			return invalid("%s: maglev_table_size applies to maglev only", what)
+		}
+		if c.PointsPerHost < 1 || c.PointsPerHost > maxPointsPerHost {
+			return invalid("%s: points_per_host %d must be between 1 and %d", what, c.PointsPerHost, maxPointsPerHost)
+		}
+		if total := uint64(c.PointsPerHost) * uint64(totalWeight(c.Endpoints)); total > maxRingSize {
+			return invalid("%s: ring of %d entries exceeds Envoy's maximum of %d: lower points_per_host", what, total, maxRingSize)
+		}
+	default:
+		return invalid("%s: lb_policy %q must be %q or %q", what, c.LBPolicy, Maglev, RingHash)
+	}
+	if c.HashBalance != 0 && c.HashBalance < minHashBalanceFactor {
+		return invalid("%s: hash_balance_factor %d must be 0 (off) or at least %d", what, c.HashBalance, minHashBalanceFactor)
+	}
+	switch c.ProxyProtocol {
+	case ProxyV1, ProxyV2, ProxyOff:
+	default:
+		return invalid("%s: proxy_protocol %q must be v1, v2 or off", what, c.ProxyProtocol)
+	}
+	h := c.HealthCheck
+	switch h.Type {
+	case HealthMQTT, HealthTCP, HealthOff:
+	default:
+		return invalid("%s: health_check.type %q must be mqtt, tcp or off", what, h.Type)
+	}
+	if h.Type != HealthOff {
+		if h.Interval.D() < 100*time.Millisecond || h.Timeout.D() < 10*time.Millisecond || h.Timeout > h.Interval {
+			return invalid("%s: health_check interval %v and timeout %v: need interval >= 100ms and 10ms <= timeout <= interval", what, h.Interval.D(), h.Timeout.D())
+		}
+		if h.UnhealthyThreshold > 100 || h.HealthyThreshold > 100 {
+			return invalid("%s: health_check thresholds must be at most 100", what)
+		}
+		if len(h.ClientIDPrefix) > 64 || !validName(strings.TrimRight(h.ClientIDPrefix, "-_")) {
+			return invalid("%s: health_check.client_id_prefix %q: use up to 64 letters, digits, '-', '_' or '.'", what, h.ClientIDPrefix)
+		}
+	}
+	if c.IdleTimeout.D() < time.Second {
+		return invalid("%s: idle_timeout %v is shorter than 1s; it must exceed 1.5 x the longest MQTT keepalive", what, c.IdleTimeout.D())
+	}
+	if c.ConnectTimeout.D() < 10*time.Millisecond || c.ConnectTimeout.D() > time.Minute {
+		return invalid("%s: connect_timeout %v must be between 10ms and 1m", what, c.ConnectTimeout.D())
+	}
+	if c.BufferLimitBytes < 1024 {
+		return invalid("%s: buffer_limit_bytes %d must be at least 1024", what, c.BufferLimitBytes)
+	}
+	if c.HealthyPanicThreshold != nil && *c.HealthyPanicThreshold > 100 {
+		return invalid("%s: healthy_panic_threshold %d is a percentage (0-100)", what, *c.HealthyPanicThreshold)
+	}
+	return ValidateEndpoints(c.Name, c.Endpoints)
+}
+
+// ValidateEndpoints checks one cluster's endpoint set: IP addresses, ports
+// in range, weights in range, no duplicates.
+func ValidateEndpoints(cluster string, eps []Endpoint) error {
+	seen := map[string]bool{}
+	for _, e := range eps {
+		if err := e.Validate(); err != nil {
+			return invalid("cluster %q: %v", cluster, err)
+		}
+		k := e.Key()
+		if seen[k] {
+			return invalid("cluster %q: endpoint %s is listed twice", cluster, k)
+		}
+		seen[k] = true
+	}
+	return nil
+}
+
+// Validate checks one endpoint.
+func (e Endpoint) Validate() error {
+	a, err := netip.ParseAddr(e.Address)
+	if err != nil || a.Zone() != "" {
+		return fmt.Errorf("endpoint address %q is not an IP address (Envoy does not resolve names in EDS; give the broker a fixed IP)", e.Address)
+	}
+	if a.IsUnspecified() || a.IsMulticast() {
+		return fmt.Errorf("endpoint address %s cannot be a broker address", e.Address)
+	}
+	if e.Port < 1 || e.Port > 65535 {
+		return fmt.Errorf("endpoint %s: port %d is out of range 1-65535", e.Address, e.Port)
+	}
+	if e.Weight < 1 || e.Weight > maxWeight {
+		return fmt.Errorf("endpoint %s:%d: weight %d must be between 1 and %d", e.Address, e.Port, e.Weight, maxWeight)
+	}
+	return nil
+}
+
+// SortEndpoints orders endpoints by address then port, so output and
+// versions do not depend on the order changes arrived in.
+func SortEndpoints(eps []Endpoint) {
+	slices.SortFunc(eps, func(a, b Endpoint) int {
+		aa, ba := netip.MustParseAddr(a.Address), netip.MustParseAddr(b.Address)
+		if c := aa.Compare(ba); c != 0 {
+			return c
+		}
+		return a.Port - b.Port
+	})
+}
+
+func totalWeight(eps []Endpoint) uint32 {
+	var w uint32
+	for _, e := range eps {
+		w += max(e.Weight, 1)
+	}
+	return w
+}
+
+func validName(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// Clone returns a deep copy, so a change can be validated on the copy
+// before it replaces the original.
+func (m *Model) Clone() *Model {
+	c := &Model{Listeners: slices.Clone(m.Listeners), Clusters: slices.Clone(m.Clusters)}
+	for i := range c.Clusters {
+		c.Clusters[i].Endpoints = slices.Clone(c.Clusters[i].Endpoints)
+		if t := c.Clusters[i].HealthyPanicThreshold; t != nil {
+			v := *t
+			c.Clusters[i].HealthyPanicThreshold = &v
+		}
+	}
+	return c
+}
+
+// YAML 1.1 reads a bare `off` as the boolean false; accept it where "off" is
+// a valid value, so `proxy_protocol: off` means what it says.
+
+func (p *ProxyProtocol) UnmarshalJSON(b []byte) error { return unmarshalOff(b, (*string)(p)) }
+
+func (h *HealthCheckType) UnmarshalJSON(b []byte) error { return unmarshalOff(b, (*string)(h)) }
+
+func unmarshalOff(b []byte, s *string) error {
+	if string(b) == "false" {
+		*s = "off"
+		return nil
+	}
+	return json.Unmarshal(b, s)
+}

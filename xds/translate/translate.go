@@ -1,0 +1,371 @@
+// Package translate turns a model.Model into the Envoy resources that
+// implement it: one listener per model listener (the mqtt_sticky filter,
+// then tcp_proxy hashing on its routing key), one EDS cluster per broker
+// cluster (Maglev or ring hash, PROXY protocol to the brokers, MQTT health
+// checks), and one load assignment per cluster.
+//
+// Translation is pure and deterministic: the same model and node give the
+// same resources, byte for byte. Every resource is validated against
+// Envoy's proto constraints before it is returned.
+package translate
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
+	dynmodv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/dynamic_modules/v3"
+	dmfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/dynamic_modules/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	lbcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/common/v3"
+	maglevv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/maglev/v3"
+	ringhashv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/ring_hash/v3"
+	proxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/proxy_protocol/v3"
+	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
+)
+
+// HashKey is the filter-state key mqtt_sticky stores its routing key under
+// and tcp_proxy hashes on. It is also the name of the object factory that
+// makes the value hashable.
+const HashKey = "envoy.hashable_string"
+
+// MetricsNamespace prefixes the filter's counters in Envoy's stats.
+const MetricsNamespace = "mqtt_sticky"
+
+// Resources are the Envoy resources for one node, each list sorted by name.
+type Resources struct {
+	Listeners []types.Resource
+	Clusters  []types.Resource
+	Endpoints []types.Resource
+}
+
+// Translate builds the resources for the Envoy whose node ID is nodeID. The
+// node ID only shows in the health-check client ID, so every Envoy probes
+// brokers under its own identity; the endpoints are identical for every
+// node, which keeps every Envoy's hash ring the same.
+func Translate(m *model.Model, nodeID string) (*Resources, error) {
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Resources{}
+	for i := range m.Listeners {
+		l := &m.Listeners[i]
+		r.Listeners = append(r.Listeners, buildListener(l, m.Cluster(l.Cluster)))
+	}
+	for i := range m.Clusters {
+		c := &m.Clusters[i]
+		r.Clusters = append(r.Clusters, buildCluster(c, nodeID))
+		r.Endpoints = append(r.Endpoints, BuildLoadAssignment(c))
+	}
+	sortByName(r.Listeners)
+	sortByName(r.Clusters)
+	sortByName(r.Endpoints)
+	for _, list := range [][]types.Resource{r.Listeners, r.Clusters, r.Endpoints} {
+		for _, res := range list {
+			if err := validate(res); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return r, nil
+}
+
+type allValidator interface{ ValidateAll() error }
+
+func validate(res types.Resource) error {
+	v, ok := res.(allValidator)
+	if !ok {
+		return nil
+	}
+	if err := v.ValidateAll(); err != nil {
+		return fmt.Errorf("%w: generated %T %q fails Envoy's validation: %v", model.ErrInvalid, res, nameOf(res), err)
+	}
+	return nil
+}
+
+func buildListener(l *model.Listener, c *model.Cluster) *listenerv3.Listener {
+	filterJSON, _ := json.Marshal(l.Filter) // a struct of strings and ints: cannot fail
+	tcp := &tcpproxyv3.TcpProxy{
+		StatPrefix:       l.Name,
+		ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: c.Name},
+		HashPolicy: []*typev3.HashPolicy{{
+			PolicySpecifier: &typev3.HashPolicy_FilterState_{FilterState: &typev3.HashPolicy_FilterState{Key: HashKey}},
+		}},
+		IdleTimeout: durationpb.New(c.IdleTimeout.D()),
+		// Without it tcp_proxy stops reading from the client when the
+		// connection opens, and mqtt_sticky never sees the CONNECT.
+		MaxEarlyDataBytes: wrapperspb.UInt32(uint32(l.Filter.MaxConnectBytes)),
+	}
+	if l.AccessLog {
+		tcp.AccessLog = []*accesslogv3.AccessLog{accessLog()}
+	}
+	return &listenerv3.Listener{
+		Name:                          l.Name,
+		Address:                       socketAddress(l.Address, l.Port),
+		PerConnectionBufferLimitBytes: wrapperspb.UInt32(l.BufferLimitBytes),
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters: []*listenerv3.Filter{
+				{
+					Name: "envoy.filters.network.dynamic_modules",
+					ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&dmfilterv3.DynamicModuleNetworkFilter{
+						DynamicModuleConfig: &dynmodv3.DynamicModuleConfig{
+							Name:             l.ModuleName,
+							MetricsNamespace: MetricsNamespace,
+							// A Go runtime cannot be unloaded: keep the module
+							// loaded when a listener update drops the last user.
+							DoNotClose: true,
+						},
+						FilterName:   "mqtt_sticky",
+						FilterConfig: mustAny(wrapperspb.String(string(filterJSON))),
+					})},
+				},
+				{
+					Name:       "envoy.filters.network.tcp_proxy",
+					ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(tcp)},
+				},
+			},
+		}},
+	}
+}
+
+// accessLogFormat logs one line per client connection when it closes.
+const accessLogFormat = "[%START_TIME%] mqtt client_id=%DYNAMIC_METADATA(mqtt:client_id)% " +
+	"version=%DYNAMIC_METADATA(mqtt:protocol_version)% from=%DOWNSTREAM_REMOTE_ADDRESS% " +
+	"broker=%UPSTREAM_HOST% duration_ms=%DURATION% rx=%BYTES_RECEIVED% tx=%BYTES_SENT% flags=%RESPONSE_FLAGS%\n"
+
+func accessLog() *accesslogv3.AccessLog {
+	return &accesslogv3.AccessLog{
+		Name: "envoy.access_loggers.stdout",
+		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(&streamv3.StdoutAccessLog{
+			AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
+				Format: &corev3.SubstitutionFormatString_TextFormatSource{TextFormatSource: &corev3.DataSource{
+					Specifier: &corev3.DataSource_InlineString{InlineString: accessLogFormat},
+				}},
+			}},
+		})},
+	}
+}
+
+func buildCluster(c *model.Cluster, nodeID string) *clusterv3.Cluster {
+	cl := &clusterv3.Cluster{
+		Name:                 c.Name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{EdsConfig: &corev3.ConfigSource{
+			ResourceApiVersion:    corev3.ApiVersion_V3,
+			ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+		}},
+		ConnectTimeout: durationpb.New(c.ConnectTimeout.D()),
+		// A broker removed through the API must stop receiving clients at
+		// once. By default Envoy keeps a removed host while it still passes
+		// health checks, so removals would only take effect when it dies.
+		IgnoreHealthOnHostRemoval:     true,
+		LoadBalancingPolicy:           lbPolicy(c),
+		PerConnectionBufferLimitBytes: wrapperspb.UInt32(c.BufferLimitBytes),
+		CircuitBreakers: &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+			Priority:           corev3.RoutingPriority_DEFAULT,
+			MaxConnections:     wrapperspb.UInt32(c.CircuitBreaker.MaxConnections),
+			MaxPendingRequests: wrapperspb.UInt32(c.CircuitBreaker.MaxPendingRequests),
+		}}},
+		CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{
+			HealthyPanicThreshold: &typev3.Percent{Value: float64(*c.HealthyPanicThreshold)},
+			// Apply health changes to the hash table at once. Envoy's default
+			// 1s merge window delays them: a broker that just passed its
+			// first health check would get no clients for up to a second.
+			UpdateMergeWindow: durationpb.New(0),
+		},
+		// Long-lived broker connections: notice a vanished broker even when
+		// no MQTT traffic flows.
+		UpstreamConnectionOptions: &clusterv3.UpstreamConnectionOptions{TcpKeepalive: &corev3.TcpKeepalive{
+			KeepaliveTime:     wrapperspb.UInt32(60),
+			KeepaliveInterval: wrapperspb.UInt32(10),
+			KeepaliveProbes:   wrapperspb.UInt32(3),
+		}},
+		TransportSocket: transportSocket(c.ProxyProtocol),
+	}
+	if hc := healthCheck(c, nodeID); hc != nil {
+		cl.HealthChecks = []*corev3.HealthCheck{hc}
+	}
+	return cl
+}
+
+// lbPolicy returns the consistent-hash policy. For ring hash the ring size
+// is points_per_host times the total weight, so a broker keeps the same
+// number of points whatever the number of brokers, and adding or removing
+// one moves only about 1/N of the client IDs. (Envoy's default gives each
+// host ceil(minimum_ring_size / N) points, which reshuffles every host's
+// share when N changes.)
+func lbPolicy(c *model.Cluster) *clusterv3.LoadBalancingPolicy {
+	var chc *lbcommonv3.ConsistentHashingLbConfig
+	if c.HashBalance != 0 {
+		chc = &lbcommonv3.ConsistentHashingLbConfig{HashBalanceFactor: wrapperspb.UInt32(c.HashBalance)}
+	}
+	var name string
+	var cfg proto.Message
+	switch c.LBPolicy {
+	case model.RingHash:
+		var weight uint64
+		for _, e := range c.Endpoints {
+			weight += uint64(e.Weight)
+		}
+		size := max(uint64(c.PointsPerHost)*weight, 1)
+		name = "envoy.load_balancing_policies.ring_hash"
+		cfg = &ringhashv3.RingHash{
+			HashFunction:              ringhashv3.RingHash_XX_HASH,
+			MinimumRingSize:           wrapperspb.UInt64(size),
+			MaximumRingSize:           wrapperspb.UInt64(size),
+			ConsistentHashingLbConfig: chc,
+		}
+	default:
+		name = "envoy.load_balancing_policies.maglev"
+		cfg = &maglevv3.Maglev{TableSize: wrapperspb.UInt64(c.MaglevTable), ConsistentHashingLbConfig: chc}
+	}
+	return &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{
+		TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: name, TypedConfig: mustAny(cfg)},
+	}}}
+}
+
+func proxyVersion(p model.ProxyProtocol) corev3.ProxyProtocolConfig_Version {
+	if p == model.ProxyV1 {
+		return corev3.ProxyProtocolConfig_V1
+	}
+	return corev3.ProxyProtocolConfig_V2
+}
+
+// transportSocket wraps raw_buffer in the upstream PROXY protocol socket,
+// so every broker connection starts with the client's real address.
+func transportSocket(p model.ProxyProtocol) *corev3.TransportSocket {
+	raw := &corev3.TransportSocket{
+		Name:       "envoy.transport_sockets.raw_buffer",
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&rawbufferv3.RawBuffer{})},
+	}
+	if p == model.ProxyOff {
+		return nil
+	}
+	return &corev3.TransportSocket{
+		Name: "envoy.transport_sockets.upstream_proxy_protocol",
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&proxyprotocolv3.ProxyProtocolUpstreamTransport{
+			Config:          &corev3.ProxyProtocolConfig{Version: proxyVersion(p)},
+			TransportSocket: raw,
+		})},
+	}
+}
+
+// healthCheck probes brokers. The MQTT probe sends one CONNECT per
+// connection (connections are not reused: a second CONNECT on a connection
+// is a protocol violation) and expects an accepting CONNACK.
+//
+// Probes travel through the cluster's transport socket, so brokers that
+// require PROXY protocol already get a header (a LOCAL command for v2)
+// from the upstream_proxy_protocol socket. The health check's own
+// proxy_protocol_config must stay unset: Envoy 1.40 would send a second
+// header, which the broker reads as garbage and closes the connection.
+func healthCheck(c *model.Cluster, nodeID string) *corev3.HealthCheck {
+	h := c.HealthCheck
+	if h.Type == model.HealthOff {
+		return nil
+	}
+	tcp := &corev3.HealthCheck_TcpHealthCheck{}
+	if h.Type == model.HealthMQTT {
+		connect := mqtt.AppendConnect(nil, &mqtt.ConnectPacket{Connect: mqtt.Connect{
+			Level:      mqtt.Level311,
+			ClientID:   HealthCheckClientID(h.ClientIDPrefix, nodeID),
+			CleanStart: true,
+			KeepAlive:  uint16(max(h.Interval.D().Seconds()*2, 10)),
+		}})
+		accepted := mqtt.AppendConnack(nil, mqtt.Level311, 0) // 20 02 00 00
+		tcp.Send = &corev3.HealthCheck_Payload{Payload: &corev3.HealthCheck_Payload_Text{Text: hex.EncodeToString(connect)}}
+		tcp.Receive = []*corev3.HealthCheck_Payload{{Payload: &corev3.HealthCheck_Payload_Text{Text: hex.EncodeToString(accepted)}}}
+	}
+	interval := durationpb.New(h.Interval.D())
+	return &corev3.HealthCheck{
+		Timeout:                      durationpb.New(h.Timeout.D()),
+		Interval:                     interval,
+		UnhealthyInterval:            interval,
+		NoTrafficInterval:            interval, // Envoy's default of 60s would slow detection on idle clusters
+		UnhealthyThreshold:           wrapperspb.UInt32(h.UnhealthyThreshold),
+		HealthyThreshold:             wrapperspb.UInt32(h.HealthyThreshold),
+		ReuseConnection:              wrapperspb.Bool(false),
+		HealthChecker:                &corev3.HealthCheck_TcpHealthCheck_{TcpHealthCheck: tcp},
+		AlwaysLogHealthCheckFailures: true,
+	}
+}
+
+// HealthCheckClientID is the client ID an Envoy node probes brokers with.
+func HealthCheckClientID(prefix, nodeID string) string {
+	id := prefix + nodeID
+	if len(id) > 128 {
+		id = id[:128]
+	}
+	return id
+}
+
+// BuildLoadAssignment returns the cluster's endpoints, sorted by address and
+// port so that every Envoy, and every version, lists them the same way.
+func BuildLoadAssignment(c *model.Cluster) *endpointv3.ClusterLoadAssignment {
+	eps := append([]model.Endpoint(nil), c.Endpoints...)
+	model.SortEndpoints(eps)
+	lb := make([]*endpointv3.LbEndpoint, 0, len(eps))
+	for _, e := range eps {
+		lb = append(lb, &endpointv3.LbEndpoint{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Address: socketAddress(e.Address, e.Port),
+			}},
+			LoadBalancingWeight: wrapperspb.UInt32(e.Weight),
+		})
+	}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: c.Name}
+	if len(lb) > 0 {
+		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lb}}
+	}
+	return cla
+}
+
+func socketAddress(addr string, port int) *corev3.Address {
+	a := netip.MustParseAddr(addr) // validated by the model
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address:       a.String(),
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+	}}}
+}
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(fmt.Sprintf("translate: cannot pack %T: %v", m, err)) // only on a broken proto registry
+	}
+	return a
+}
+
+func nameOf(r types.Resource) string {
+	switch r := r.(type) {
+	case *listenerv3.Listener:
+		return r.GetName()
+	case *clusterv3.Cluster:
+		return r.GetName()
+	case *endpointv3.ClusterLoadAssignment:
+		return r.GetClusterName()
+	}
+	return ""
+}
+
+func sortByName(rs []types.Resource) {
+	slices.SortFunc(rs, func(a, b types.Resource) int { return strings.Compare(nameOf(a), nameOf(b)) })
+}
