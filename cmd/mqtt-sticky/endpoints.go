@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mqtt-sticky/mqtt-sticky/api"
+)
+
+const endpointsUsage = `usage:
+  mqtt-sticky endpoints list                          [flags]
+  mqtt-sticky endpoints add    ADDRESS:PORT [--weight N] [flags]
+  mqtt-sticky endpoints remove ADDRESS:PORT            [flags]
+  mqtt-sticky endpoints set    ADDRESS:PORT[=WEIGHT]... [flags]   (replaces the whole set)
+
+IPv6 addresses go in brackets: [fd00::1]:1883.
+
+flags:`
+
+type clientFlags struct {
+	api, token, cluster string
+	json                bool
+}
+
+func (c *clientFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.api, "api", envOr("MQTT_STICKY_API", "http://127.0.0.1:8080"), "management API URL (env MQTT_STICKY_API)")
+	fs.StringVar(&c.token, "token", envOr("MQTT_STICKY_API_TOKEN", ""), "API bearer token (env MQTT_STICKY_API_TOKEN)")
+	fs.StringVar(&c.cluster, "cluster", "brokers", "broker cluster")
+	fs.BoolVar(&c.json, "json", false, "print the API's JSON answer")
+}
+
+func (c *clientFlags) client() *api.Client {
+	base := c.api
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return &api.Client{BaseURL: base, Token: c.token}
+}
+
+func runEndpoints(args []string, stdout, stderr io.Writer) error {
+	var cf clientFlags
+	var weight uint
+	fs := flag.NewFlagSet("endpoints", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintln(stderr, endpointsUsage); fs.PrintDefaults() }
+	cf.register(fs)
+	fs.UintVar(&weight, "weight", 1, "weight of the endpoint to add (1-128)")
+	rest, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) == 0 {
+		fs.Usage()
+		return fmt.Errorf("%w: missing subcommand: list, add, remove or set", errUsage)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	c := cf.client()
+	var list *api.EndpointList
+	switch sub, operands := rest[0], rest[1:]; sub {
+	case "list":
+		if len(operands) != 0 {
+			return fmt.Errorf("%w: list takes no arguments", errUsage)
+		}
+		list, err = c.Endpoints(ctx, cf.cluster)
+	case "add":
+		if len(operands) != 1 {
+			return fmt.Errorf("%w: add takes one ADDRESS:PORT", errUsage)
+		}
+		e, perr := parseEndpoint(operands[0])
+		if perr != nil {
+			return perr
+		}
+		e.Weight = uint32(weight)
+		list, err = c.AddEndpoint(ctx, cf.cluster, e)
+	case "remove":
+		if len(operands) != 1 {
+			return fmt.Errorf("%w: remove takes one ADDRESS:PORT", errUsage)
+		}
+		e, perr := parseEndpoint(operands[0])
+		if perr != nil {
+			return perr
+		}
+		list, err = c.RemoveEndpoint(ctx, cf.cluster, netip.AddrPortFrom(netip.MustParseAddr(e.Address), uint16(e.Port)).String())
+	case "set":
+		eps := []api.Endpoint{}
+		for _, op := range operands {
+			spec, w, hasWeight := strings.Cut(op, "=")
+			e, perr := parseEndpoint(spec)
+			if perr != nil {
+				return perr
+			}
+			if hasWeight {
+				n, werr := strconv.ParseUint(w, 10, 32)
+				if werr != nil {
+					return fmt.Errorf("%w: weight in %q is not a number", errUsage, op)
+				}
+				e.Weight = uint32(n)
+			}
+			eps = append(eps, e)
+		}
+		list, err = c.SetEndpoints(ctx, cf.cluster, eps)
+	default:
+		return fmt.Errorf("%w: unknown subcommand %q: use list, add, remove or set", errUsage, sub)
+	}
+	if err != nil {
+		return err
+	}
+	if cf.json {
+		return printJSON(stdout, list)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "cluster %s, version %d, %d endpoint(s)\n", list.Cluster, list.Version, len(list.Endpoints))
+	if len(list.Endpoints) > 0 {
+		fmt.Fprintln(tw, "ADDRESS\tPORT\tWEIGHT")
+	}
+	for _, e := range list.Endpoints {
+		fmt.Fprintf(tw, "%s\t%d\t%d\n", e.Address, e.Port, e.Weight)
+	}
+	return tw.Flush()
+}
+
+// parseEndpoint reads ADDRESS:PORT. The API validates the values; this
+// only checks the form, so the user hears about a typo before a request.
+func parseEndpoint(s string) (api.Endpoint, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return api.Endpoint{}, fmt.Errorf("%w: %q is not ADDRESS:PORT (e.g. 127.0.0.1:18834, [fd00::1]:1883)", errUsage, s)
+	}
+	return api.Endpoint{Address: ap.Addr().String(), Port: int(ap.Port())}, nil
+}
+
+func runStatus(args []string, stdout, stderr io.Writer) error {
+	var cf clientFlags
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cf.register(fs)
+	if rest, err := parse(fs, args); err != nil {
+		return err
+	} else if len(rest) > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, rest[0])
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	st, err := cf.client().Status(ctx)
+	if err != nil {
+		return err
+	}
+	if cf.json {
+		return printJSON(stdout, st)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "serving version %d to %d node(s)\n", st.Version, len(st.Nodes))
+	if len(st.Nodes) > 0 {
+		fmt.Fprintln(tw, "NODE\tCONNECTED\tLISTENERS\tCLUSTERS\tENDPOINTS\tLAST NACK")
+	}
+	for _, n := range st.Nodes {
+		nack := "-"
+		for kind, r := range n.Resources {
+			if r.NackMessage != "" {
+				nack = kind + " v" + r.NackedVersion + ": " + r.NackMessage
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\t%s\n", n.ID, n.Connected,
+			orDash(n.Resources["listeners"].AckedVersion), orDash(n.Resources["clusters"].AckedVersion),
+			orDash(n.Resources["endpoints"].AckedVersion), nack)
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/mqtt-sticky/mqtt-sticky/api"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/server"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/store"
+)
+
+const defaultStateFile = "mqtt-sticky-state.json"
+
+type serveOptions struct {
+	configPath string
+	xdsListen  string
+	apiListen  string
+	stateFile  string
+	noState    bool
+	token      string
+	logLevel   string
+}
+
+func runServe(args []string, stdout, stderr io.Writer) error {
+	var o serveOptions
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.configPath, "config", "", "config file (YAML); without it: a listener on :1883 and cluster \"brokers\" of 127.0.0.1:18831-18833")
+	fs.StringVar(&o.xdsListen, "xds", "", "xDS gRPC address (default from the config file, else "+model.DefaultXDSListen+")")
+	fs.StringVar(&o.apiListen, "api", "", "management API address (default from the config file, else "+model.DefaultAPIListen+")")
+	fs.StringVar(&o.stateFile, "state", "", "state file keeping endpoint changes across restarts (default from the config file, else "+defaultStateFile+")")
+	fs.BoolVar(&o.noState, "no-state", false, "do not persist endpoint changes")
+	fs.StringVar(&o.token, "api-token", os.Getenv("MQTT_STICKY_API_TOKEN"), "bearer token the API requires (env MQTT_STICKY_API_TOKEN); required when the API listens beyond loopback")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	if rest, err := parse(fs, args); err != nil {
+		return err
+	} else if len(rest) > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, rest[0])
+	}
+	log, err := newLogger(stderr, o.logLevel)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return serve(ctx, o, log, nil)
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("%w: --log-level %q: use debug, info, warn or error", errUsage, level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// serve runs until ctx ends. ready, when not nil, receives the bound
+// addresses once both listeners accept connections.
+func serve(ctx context.Context, o serveOptions, log *slog.Logger, ready func(xdsAddr, apiAddr string)) error {
+	file := &model.File{Model: *model.Default()}
+	if o.configPath != "" {
+		f, err := model.LoadFile(o.configPath)
+		if err != nil {
+			return err
+		}
+		file = f
+	}
+	xdsAddr := firstOf(o.xdsListen, file.XDSListen, model.DefaultXDSListen)
+	apiAddr := firstOf(o.apiListen, file.APIListen, model.DefaultAPIListen)
+	statePath := firstOf(o.stateFile, file.StateFile, defaultStateFile)
+	if o.noState {
+		statePath = ""
+	}
+	if o.token == "" && !isLoopback(apiAddr) {
+		return fmt.Errorf("%w: the API listens on %s, beyond loopback: set --api-token or MQTT_STICKY_API_TOKEN", errUsage, apiAddr)
+	}
+
+	m, version, err := store.Load(&file.Model, statePath)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := server.New(m, version, log, reg)
+	if err != nil {
+		return err
+	}
+	st := store.New(m, version, statePath, srv)
+
+	xdsLis, err := net.Listen("tcp", xdsAddr)
+	if err != nil {
+		return fmt.Errorf("xDS listener: %w", err)
+	}
+	apiLis, err := net.Listen("tcp", apiAddr)
+	if err != nil {
+		xdsLis.Close()
+		return fmt.Errorf("API listener: %w", err)
+	}
+	httpSrv := &http.Server{
+		Handler:           api.NewHandler(backend{st, srv}, api.Options{Token: o.token, Logger: log, Registry: reg}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	log.Info("mqtt-sticky serve", "xds", xdsLis.Addr().String(), "api", apiLis.Addr().String(),
+		"state_file", statePath, "version", version, "clusters", len(m.Clusters), "token_required", o.token != "")
+
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ctx, xdsLis) }()
+	go func() {
+		if err := httpSrv.Serve(apiLis); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	if ready != nil {
+		ready(xdsLis.Addr().String(), apiLis.Addr().String())
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if err != nil {
+			return err
+		}
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	httpSrv.Shutdown(shutdown)
+	log.Info("mqtt-sticky serve stopped")
+	return nil
+}
+
+// backend joins the store and the xDS server's node view for the API.
+type backend struct {
+	*store.Store
+	srv *server.Server
+}
+
+func (b backend) Nodes() []server.NodeStatus { return b.srv.Nodes() }
+
+func firstOf(values ...string) string {
+	for _, v := range values {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}
