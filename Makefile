@@ -12,7 +12,7 @@ CLI := build/mqtt-sticky
 FUZZTIME ?= 20s
 
 .DEFAULT_GOAL := help
-.PHONY: help filter build envoy test unit e2e fuzz fuzz-short lint validate clean
+.PHONY: help filter build envoy test unit e2e fuzz fuzz-short lint validate golden clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,6 +21,10 @@ filter: ## build the Envoy dynamic module, build/libmqtt_sticky.so
 	@mkdir -p build
 	$(GO) build -buildmode=c-shared -o $(MODULE) ./filter/module
 	@rm -f build/libmqtt_sticky.h
+
+build: ## build the CLI, build/mqtt-sticky (serve, endpoints, status, broker, run)
+	@mkdir -p build
+	$(GO) build -o $(CLI) ./cmd/mqtt-sticky
 
 $(ENVOY_LAUNCHER):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +43,9 @@ lint: ## gofmt and go vet
 unit: ## unit and golden tests (no Envoy needed)
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /tests)
 
+golden: ## regenerate the xDS golden files after an intended change (review the diff)
+	$(GO) test ./xds/translate -run TestGolden -update
+
 fuzz-short: ## run each fuzz target for FUZZTIME (default 20s)
 	$(GO) test ./filter/mqtt -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./filter/mqtt -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME)
@@ -49,10 +56,11 @@ fuzz: ## run each fuzz target for 5 minutes
 e2e: envoy ## end-to-end tests against the real Envoy (fails when Envoy is missing)
 	$(GO) test -count=1 -timeout 20m -v ./tests/
 
-validate: filter envoy ## check envoy/static.yaml with envoy --mode validate
+validate: filter envoy ## check envoy/static.yaml and envoy/bootstrap.yaml with envoy --mode validate
 	ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/build $(ENVOY_LAUNCHER) --mode validate -c envoy/static.yaml
+	ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/build $(ENVOY_LAUNCHER) --mode validate -c envoy/bootstrap.yaml
 
-test: lint unit fuzz-short filter validate e2e ## the whole suite: lint, unit, fuzz, e2e (the README's test command)
+test: lint unit fuzz-short filter build validate e2e ## the whole suite: lint, unit, fuzz, e2e (the README's test command)
 
 clean: ## remove build outputs (keeps .venv)
 	rm -rf build

@@ -286,9 +286,9 @@ func TestBadInputIsRefused(t *testing.T) {
 		}
 	}()
 
-	accepted := func() (n int64) {
+	accepted := func() (n int64) { // client connections, not health-check probes
 		for _, b := range s.brokers {
-			n += b.Accepted()
+			n += b.Forwarded()
 		}
 		return n
 	}
@@ -357,7 +357,7 @@ func TestBadInputIsRefused(t *testing.T) {
 func TestEmptyClientIDRejected(t *testing.T) {
 	s := startStatic(t, startBrokers(t, 2), `{"empty_key": "reject"}`)
 	ctx := context.Background()
-	before := s.brokers[0].Accepted() + s.brokers[1].Accepted()
+	before := s.brokers[0].Forwarded() + s.brokers[1].Forwarded()
 	for _, tt := range []struct {
 		level mqtt.Level
 		want  []byte
@@ -385,7 +385,7 @@ func TestEmptyClientIDRejected(t *testing.T) {
 	if st["mqtt_sticky.rejected_empty_key"] != 3 || st["mqtt_sticky.empty_key"] != 3 {
 		t.Errorf("rejected_empty_key = %d, empty_key = %d; want 3 and 3", st["mqtt_sticky.rejected_empty_key"], st["mqtt_sticky.empty_key"])
 	}
-	if after := s.brokers[0].Accepted() + s.brokers[1].Accepted(); after != before {
+	if after := s.brokers[0].Forwarded() + s.brokers[1].Forwarded(); after != before {
 		t.Errorf("brokers accepted %d connections for refused clients", after-before)
 	}
 }

@@ -41,7 +41,32 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	moduleDir = dir
+	cli, err := buildCLI()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "building mqtt-sticky:", err)
+		os.Exit(1)
+	}
+	cliPath = cli
 	os.Exit(m.Run())
+}
+
+// buildCLI builds the mqtt-sticky command from the current sources.
+func buildCLI() (string, error) {
+	root, err := envoyproc.RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp("", "mqtt-sticky-cli-")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "mqtt-sticky")
+	cmd := exec.Command("go", "build", "-o", path, "./cmd/mqtt-sticky")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("%v\n%s", err, out)
+	}
+	return path, nil
 }
 
 // buildModule builds the dynamic module from the current sources, so the
@@ -82,14 +107,16 @@ func envoyBinary(t testing.TB) string {
 	return bin
 }
 
-// startBrokers starts n brokers on loopback that require a PROXY header.
+// startBrokers starts n brokers that require a PROXY header, broker i on
+// 127.0.1.i:18831. Fixed addresses make the hash ring the same on every
+// run, so the measured fractions of moved clients are reproducible.
 func startBrokers(t testing.TB, n int) []*broker.Broker {
 	t.Helper()
 	var bs []*broker.Broker
 	for i := range n {
 		b, err := broker.Start(broker.Options{
 			Name:          fmt.Sprintf("b%d", i+1),
-			Listen:        "127.0.0.1:0",
+			Listen:        fmt.Sprintf("127.0.1.%d:18831", i+1),
 			ProxyProtocol: broker.ProxyRequired,
 			Logger:        testLogger(t),
 		})

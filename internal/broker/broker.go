@@ -76,6 +76,7 @@ type Broker struct {
 	wg     sync.WaitGroup
 
 	accepted      atomic.Int64 // TCP connections accepted
+	forwarded     atomic.Int64 // connections whose PROXY header carried a client address
 	open          atomic.Int64 // TCP connections open now
 	proxyRejected atomic.Int64 // connections refused for a missing or bad PROXY header
 
@@ -216,11 +217,15 @@ func (b *Broker) serveConn(raw net.Conn) {
 			policy = proxyproto.REQUIRE
 		}
 		pc := proxyproto.NewConn(raw, proxyproto.WithPolicy(policy), proxyproto.SetReadHeaderTimeout(proxyHeaderTimeout))
-		if pc.ProxyHeader() == nil && b.mode == ProxyRequired {
+		h := pc.ProxyHeader()
+		if h == nil && b.mode == ProxyRequired {
 			b.proxyRejected.Add(1)
 			b.log.Warn("broker refused a connection without a valid PROXY header",
 				"broker", b.name, "peer", raw.RemoteAddr().String())
 			return
+		}
+		if h != nil && !h.Command.IsLocal() {
+			b.forwarded.Add(1)
 		}
 		conn = pc
 	}
@@ -281,6 +286,11 @@ func (b *Broker) WaitFor(ctx context.Context, ok func(Connection) bool) (Connect
 
 // Accepted counts the TCP connections accepted since start.
 func (b *Broker) Accepted() int64 { return b.accepted.Load() }
+
+// Forwarded counts the connections a proxy opened on behalf of a client
+// (a PROXY header with the client's address). Health-check probes, which
+// send a LOCAL header, are not counted.
+func (b *Broker) Forwarded() int64 { return b.forwarded.Load() }
 
 // Open counts the TCP connections open now.
 func (b *Broker) Open() int64 { return b.open.Load() }

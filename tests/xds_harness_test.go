@@ -1,0 +1,393 @@
+package tests
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/mqtt-sticky/mqtt-sticky/api"
+	"github.com/mqtt-sticky/mqtt-sticky/internal/broker"
+	"github.com/mqtt-sticky/mqtt-sticky/internal/envoyproc"
+)
+
+// cliPath is the mqtt-sticky binary built by TestMain.
+var cliPath string
+
+// controlPlane is a running `mqtt-sticky serve`.
+type controlPlane struct {
+	cmd        *exec.Cmd
+	exited     chan struct{}
+	xdsAddr    string
+	apiAddr    string
+	configPath string
+	statePath  string
+	logPath    string
+	client     *api.Client
+}
+
+// fleetConfig writes a serve config: one listener on listenPort, cluster
+// "brokers" of the given brokers, with the given cluster options (YAML
+// fragment, indented for the cluster mapping).
+func fleetConfig(t *testing.T, listenPort int, brokers []*broker.Broker, clusterOpts string) string {
+	t.Helper()
+	var eps []string
+	for _, b := range brokers {
+		host, port := splitHostPort(t, b.Addr())
+		eps = append(eps, fmt.Sprintf("  - {address: %s, port: %d}", host, port))
+	}
+	cfg := fmt.Sprintf(`listeners:
+- name: mqtt
+  address: 127.0.0.1
+  port: %d
+  access_log: true
+  filter: {connect_timeout_ms: 5000}
+clusters:
+- name: brokers
+%s
+  endpoints:
+%s
+`, listenPort, clusterOpts, strings.Join(eps, "\n"))
+	path := filepath.Join(t.TempDir(), "mqtt-sticky.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// startControlPlane runs `mqtt-sticky serve` with a config file and a state
+// file, and waits until its API answers.
+func startControlPlane(t *testing.T, configPath, statePath string) *controlPlane {
+	t.Helper()
+	cp := &controlPlane{
+		configPath: configPath,
+		statePath:  statePath,
+		xdsAddr:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		apiAddr:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+	}
+	cp.start(t)
+	t.Cleanup(func() { cp.stop(t) })
+	return cp
+}
+
+// restartOn restarts a stopped control plane on the same addresses.
+func (cp *controlPlane) start(t *testing.T) {
+	t.Helper()
+	cp.logPath = filepath.Join(t.TempDir(), "serve.log")
+	logf, err := os.Create(cp.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cp.cmd = exec.Command(cliPath, "serve", "--config", cp.configPath, "--state", cp.statePath,
+		"--xds", cp.xdsAddr, "--api", cp.apiAddr, "--log-level", "debug")
+	cp.cmd.Stdout, cp.cmd.Stderr = logf, logf
+	if err := cp.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cp.exited = make(chan struct{})
+	go func() { cp.cmd.Wait(); close(cp.exited) }()
+	cp.client = &api.Client{BaseURL: "http://" + cp.apiAddr}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for backoff := 5 * time.Millisecond; ; backoff = min(backoff*2, 100*time.Millisecond) {
+		resp, err := http.Get("http://" + cp.apiAddr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		select {
+		case <-cp.exited:
+			log, _ := os.ReadFile(cp.logPath)
+			t.Fatalf("mqtt-sticky serve exited:\n%s", log)
+		case <-ctx.Done():
+			t.Fatalf("mqtt-sticky serve not ready: %v", err)
+		case <-time.After(backoff):
+		}
+	}
+}
+
+func (cp *controlPlane) stop(t *testing.T) {
+	select {
+	case <-cp.exited:
+		return
+	default:
+	}
+	cp.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-cp.exited:
+	case <-time.After(10 * time.Second):
+		cp.cmd.Process.Kill()
+		<-cp.exited
+		t.Error("mqtt-sticky serve did not stop within 10s of SIGTERM")
+	}
+	if t.Failed() {
+		log, _ := os.ReadFile(cp.logPath)
+		t.Logf("mqtt-sticky serve log:\n%s", lastLines(string(log), 40))
+	}
+}
+
+// xdsEnvoy is an Envoy configured by envoy/bootstrap.yaml.
+type xdsEnvoy struct {
+	*envoyproc.Process
+	nodeID string
+	log    string
+}
+
+// startXDSEnvoy starts an Envoy from envoy/bootstrap.yaml pointed at the
+// control plane, with ADS state of the world, or delta when delta is set.
+func startXDSEnvoy(t *testing.T, cp *controlPlane, nodeID string, delta bool) *xdsEnvoy {
+	t.Helper()
+	root, err := envoyproc.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(root, "envoy", "bootstrap.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := yaml.Unmarshal(raw, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	adminPort := freePort(t)
+	set(t, cfg, adminPort, "admin", "address", "socket_address", "port_value")
+	_, xdsPort := splitHostPort(t, cp.xdsAddr)
+	set(t, cfg, xdsPort, "static_resources", "clusters", 0, "load_assignment", "endpoints", 0, "lb_endpoints", 0,
+		"endpoint", "address", "socket_address", "port_value")
+	if delta {
+		set(t, cfg, "DELTA_GRPC", "dynamic_resources", "ads_config", "api_type")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "bootstrap.yaml")
+	out, _ := yaml.Marshal(cfg)
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "envoy.log")
+	p := startEnvoy(t, envoyproc.Options{
+		ConfigPath: path,
+		AdminAddr:  fmt.Sprintf("127.0.0.1:%d", adminPort),
+		LogPath:    logPath,
+		NodeID:     nodeID,
+		Cluster:    "mqtt-sticky",
+	})
+	return &xdsEnvoy{Process: p, nodeID: nodeID, log: logPath}
+}
+
+// clusterHost is one host of an Envoy cluster as the admin API reports it.
+type clusterHost struct {
+	Address string
+	Healthy bool
+}
+
+// hosts returns the hosts of cluster "brokers" as this Envoy sees them.
+func (e *xdsEnvoy) hosts(t *testing.T) []clusterHost {
+	t.Helper()
+	code, body, err := e.Get(context.Background(), "/clusters?format=json")
+	if err != nil || code != 200 {
+		t.Fatalf("GET /clusters: %d %v", code, err)
+	}
+	var doc struct {
+		ClusterStatuses []struct {
+			Name         string `json:"name"`
+			HostStatuses []struct {
+				Address struct {
+					SocketAddress struct {
+						Address   string `json:"address"`
+						PortValue int    `json:"port_value"`
+					} `json:"socket_address"`
+				} `json:"address"`
+				HealthStatus map[string]any `json:"health_status"`
+			} `json:"host_statuses"`
+		} `json:"cluster_statuses"`
+	}
+	if err := json.Unmarshal([]byte(body), &doc); err != nil {
+		t.Fatal(err)
+	}
+	var out []clusterHost
+	for _, c := range doc.ClusterStatuses {
+		if c.Name != "brokers" {
+			continue
+		}
+		for _, h := range c.HostStatuses {
+			healthy := true
+			for k, v := range h.HealthStatus {
+				if k == "eds_health_status" {
+					if v != "HEALTHY" {
+						healthy = false
+					}
+				} else if v == true {
+					healthy = false // failed_active_health_check, pending_active_hc, ...
+				}
+			}
+			out = append(out, clusterHost{
+				Address: fmt.Sprintf("%s:%d", h.Address.SocketAddress.Address, h.Address.SocketAddress.PortValue),
+				Healthy: healthy,
+			})
+		}
+	}
+	return out
+}
+
+// waitHosts waits until the Envoy serves the control plane's current
+// version with exactly the given healthy brokers, and returns how long that
+// took. Served means: the node acknowledged the current version for
+// clusters and endpoints, no cluster is warming (a ring-hash ring size
+// change replaces the cluster, and the old one serves until the new one is
+// warm), and the cluster's healthy hosts are the wanted ones.
+func (e *xdsEnvoy) waitHosts(t *testing.T, cp *controlPlane, want []*broker.Broker, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	wantSet := map[string]bool{}
+	for _, b := range want {
+		wantSet[b.Addr()] = true
+	}
+	ctx := context.Background()
+	var last []clusterHost
+	var why string
+	for time.Since(start) < within {
+		why = ""
+		if cp != nil {
+			st, err := cp.client.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			version := fmt.Sprint(st.Version)
+			for _, n := range st.Nodes {
+				if n.ID == e.nodeID && (n.Resources["clusters"].AckedVersion != version || n.Resources["endpoints"].AckedVersion != version) {
+					why = fmt.Sprintf("node acked %+v, serving version %s", n.Resources, version)
+				}
+			}
+		}
+		if why == "" {
+			if st, err := e.Stats(ctx, "cluster_manager.warming_clusters"); err != nil || st["cluster_manager.warming_clusters"] != 0 {
+				why = fmt.Sprintf("clusters warming: %v %v", st, err)
+			}
+		}
+		if why == "" {
+			last = e.hosts(t)
+			healthy := map[string]bool{}
+			for _, h := range last {
+				if h.Healthy {
+					healthy[h.Address] = true
+				}
+			}
+			match := len(healthy) == len(wantSet)
+			for a := range wantSet {
+				match = match && healthy[a]
+			}
+			if match {
+				return time.Since(start)
+			}
+			why = fmt.Sprintf("hosts %v", last)
+		}
+		time.Sleep(2 * time.Millisecond) // polling interval of a readiness check
+	}
+	t.Fatalf("envoy %s: not serving %d wanted brokers after %v: %s", e.nodeID, len(want), within, why)
+	return 0
+}
+
+// connectAll connects every client ID once through addr (MQTT 3.1.1) and
+// returns the broker each reached.
+func connectAll(t *testing.T, addr string, brokers []*broker.Broker, ids []string, round int) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	for _, b := range brokers {
+		b.ResetRecords()
+	}
+	err := runParallel(len(ids), 16, func(i int) error {
+		_, err := connectPaho(ctx, addr, source(i+round*37), ids[i], 4)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := landedOn(brokers)
+	out := map[string]string{}
+	for _, id := range ids {
+		b, ok := got[id]
+		if !ok {
+			t.Fatalf("no broker recorded client %s", id)
+		}
+		out[id] = b
+	}
+	return out
+}
+
+func clientIDs(n int, prefix string) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%s-%05d", prefix, i)
+	}
+	return ids
+}
+
+func toAPI(bs ...*broker.Broker) []api.Endpoint {
+	var out []api.Endpoint
+	for _, b := range bs {
+		host, port := splitHostPortNoT(b.Addr())
+		out = append(out, api.Endpoint{Address: host, Port: port, Weight: 1})
+	}
+	return out
+}
+
+func splitHostPortNoT(addr string) (string, int) {
+	i := strings.LastIndex(addr, ":")
+	var p int
+	fmt.Sscan(addr[i+1:], &p)
+	return addr[:i], p
+}
+
+func countByBroker(m map[string]string) map[string]int {
+	c := map[string]int{}
+	for _, b := range m {
+		c[b]++
+	}
+	return c
+}
+
+// accessLine is one access-log line written by the listener's access log.
+type accessLine struct {
+	clientID, from, broker string
+}
+
+// accessLogLines reads the mqtt access-log lines from an Envoy log file.
+func accessLogLines(t *testing.T, path string) []accessLine {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []accessLine
+	for _, line := range strings.Split(string(data), "\n") {
+		if !strings.Contains(line, "] mqtt client_id=") {
+			continue
+		}
+		var l accessLine
+		for _, field := range strings.Fields(line) {
+			k, v, _ := strings.Cut(field, "=")
+			switch k {
+			case "client_id":
+				l.clientID = v
+			case "from":
+				l.from = v
+			case "broker":
+				l.broker = v
+			}
+		}
+		out = append(out, l)
+	}
+	return out
+}
