@@ -53,6 +53,10 @@ type Options struct {
 	// MaxRecords caps how many connection records are kept (oldest are
 	// dropped first). Zero means 1,000,000.
 	MaxRecords int
+	// ClusterListen, when set, accepts links from peer brokers; Peers are
+	// the other brokers' cluster addresses. See cluster.go.
+	ClusterListen string
+	Peers         []string
 }
 
 // Connection records one MQTT client accepted by the broker.
@@ -73,7 +77,11 @@ type Broker struct {
 	server *mqtt.Server
 	ln     net.Listener
 	done   chan struct{}
-	wg     sync.WaitGroup
+	connWG sync.WaitGroup // accept loops and connections
+	linkWG sync.WaitGroup // peer link senders
+
+	clusterLn net.Listener
+	links     []*peerLink
 
 	accepted      atomic.Int64 // TCP connections accepted
 	forwarded     atomic.Int64 // connections whose PROXY header carried a client address
@@ -132,15 +140,21 @@ func Start(opts Options) (*Broker, error) {
 		ln.Close()
 		return nil, err
 	}
+	if err := b.listenCluster(opts.ClusterListen, opts.Peers); err != nil {
+		ln.Close()
+		return nil, err
+	}
 	// Serve with no listeners of mochi's own: it only starts the event
-	// loops. Connections come from acceptLoop.
+	// loops. Connections come from acceptLoop and startCluster.
 	if err := b.server.Serve(); err != nil {
 		ln.Close()
 		return nil, err
 	}
-	b.wg.Add(1)
+	b.connWG.Add(1)
 	go b.acceptLoop()
-	log.Info("broker listening", "broker", b.name, "addr", ln.Addr().String(), "proxy_protocol", string(b.mode))
+	b.startCluster(opts.Peers)
+	log.Info("broker listening", "broker", b.name, "addr", ln.Addr().String(), "proxy_protocol", string(b.mode),
+		"cluster", b.ClusterAddr(), "peers", len(b.links))
 	return b, nil
 }
 
@@ -163,18 +177,33 @@ func (b *Broker) Close() error {
 	}
 	close(b.done)
 	err := b.ln.Close()
+	if b.clusterLn != nil {
+		b.clusterLn.Close()
+	}
 	b.mu.Lock()
 	for c := range b.conns {
 		c.Close()
 	}
 	b.mu.Unlock()
-	b.wg.Wait()
+	b.connWG.Wait()
+	b.stopLinks()
 	b.server.Close()
 	return err
 }
 
+// track adds or removes a connection from the set Close closes.
+func (b *Broker) track(c net.Conn, open bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if open {
+		b.conns[c] = struct{}{}
+	} else {
+		delete(b.conns, c)
+	}
+}
+
 func (b *Broker) acceptLoop() {
-	defer b.wg.Done()
+	defer b.connWG.Done()
 	for {
 		raw, err := b.ln.Accept()
 		if err != nil {
@@ -191,17 +220,13 @@ func (b *Broker) acceptLoop() {
 		}
 		b.accepted.Add(1)
 		b.open.Add(1)
-		b.mu.Lock()
-		b.conns[raw] = struct{}{}
-		b.mu.Unlock()
-		b.wg.Add(1)
+		b.track(raw, true)
+		b.connWG.Add(1)
 		go func() {
-			defer b.wg.Done()
+			defer b.connWG.Done()
 			defer func() {
 				raw.Close()
-				b.mu.Lock()
-				delete(b.conns, raw)
-				b.mu.Unlock()
+				b.track(raw, false)
 				b.open.Add(-1)
 			}()
 			b.serveConn(raw)
@@ -245,8 +270,12 @@ func (b *Broker) record(c Connection) {
 	close(b.notify)
 	b.notify = make(chan struct{})
 	b.mu.Unlock()
-	b.log.Info("client connected", "broker", b.name, "client_id", c.ClientID, "remote", c.Remote,
-		"proxied", c.Proxied, "mqtt_level", c.Version)
+	level := slog.LevelInfo
+	if !c.Proxied && b.mode != ProxyOff {
+		level = slog.LevelDebug // a health-check probe or a peer link, not a client
+	}
+	b.log.Log(context.Background(), level, "client connected", "broker", b.name, "client_id", c.ClientID,
+		"remote", c.Remote, "proxied", c.Proxied, "mqtt_level", c.Version)
 }
 
 // Connections returns every connection recorded so far, oldest first.

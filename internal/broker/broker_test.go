@@ -1,0 +1,209 @@
+package broker
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/pires/go-proxyproto"
+)
+
+// startCluster starts n brokers without PROXY protocol, linked as peers.
+func startCluster(t *testing.T, n int) []*Broker {
+	t.Helper()
+	var cluster []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cluster = append(cluster, ln.Addr().String())
+		ln.Close()
+	}
+	var bs []*Broker
+	for i := range n {
+		b, err := Start(Options{Name: fmt.Sprintf("b%d", i+1), Listen: "127.0.0.1:0", ProxyProtocol: ProxyOff,
+			ClusterListen: cluster[i], Peers: cluster})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		bs = append(bs, b)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, b := range bs {
+		for b.PeersConnected() != n-1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d of %d peer links up", b.Name(), b.PeersConnected(), n-1)
+			}
+			time.Sleep(5 * time.Millisecond) // polling interval of a readiness check
+		}
+	}
+	return bs
+}
+
+func client(t *testing.T, addr, id string) paho.Client {
+	t.Helper()
+	c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetAutoReconnect(false))
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", id, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	return c
+}
+
+// collector counts the messages a subscriber receives.
+type collector struct {
+	mu  sync.Mutex
+	got map[string]int
+	ch  chan string
+}
+
+func subscribe(t *testing.T, c paho.Client, filter string) *collector {
+	t.Helper()
+	col := &collector{got: map[string]int{}, ch: make(chan string, 100)}
+	tok := c.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) {
+		col.mu.Lock()
+		col.got[string(m.Payload())]++
+		col.mu.Unlock()
+		col.ch <- string(m.Payload())
+	})
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	return col
+}
+
+func (c *collector) await(t *testing.T, payload string) {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case p := <-c.ch:
+			if p == payload {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("%q not received", payload)
+		}
+	}
+}
+
+// A message published on any broker reaches subscribers on every broker
+// exactly once, with no echo back and no loops.
+func TestClusterDeliversOnceEverywhere(t *testing.T) {
+	bs := startCluster(t, 3)
+	subs := make([]*collector, 3)
+	for i, b := range bs {
+		subs[i] = subscribe(t, client(t, b.Addr(), fmt.Sprintf("sub-%d", i)), "fleet/#")
+	}
+	for i, b := range bs {
+		pub := client(t, b.Addr(), fmt.Sprintf("pub-%d", i))
+		for q := byte(0); q <= 2; q++ {
+			payload := fmt.Sprintf("from b%d qos %d", i+1, q)
+			if tok := pub.Publish("fleet/x", q, false, payload); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+				t.Fatal(tok.Error())
+			}
+			for _, s := range subs {
+				s.await(t, payload)
+			}
+		}
+	}
+	// A final marker through every broker: anything duplicated or looping
+	// would have arrived before it.
+	marker := client(t, bs[0].Addr(), "marker")
+	marker.Publish("fleet/x", 1, false, "marker").WaitTimeout(5 * time.Second)
+	for i, s := range subs {
+		s.await(t, "marker")
+		s.mu.Lock()
+		for p, n := range s.got {
+			if n != 1 {
+				t.Errorf("subscriber on b%d got %q %d times", i+1, p, n)
+			}
+		}
+		if len(s.got) != 10 {
+			t.Errorf("subscriber on b%d got %d distinct messages, want 10", i+1, len(s.got))
+		}
+		s.mu.Unlock()
+	}
+}
+
+func TestRetainedMessagesReplicate(t *testing.T) {
+	bs := startCluster(t, 2)
+	pub := client(t, bs[0].Addr(), "retainer")
+	if tok := pub.Publish("state/door", 1, true, "closed"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	// The retained copy reaches b2 over the peer link; a new subscriber
+	// there gets it on subscribe. Poll until it has arrived.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c := client(t, bs[1].Addr(), fmt.Sprintf("late-%d", time.Now().UnixNano()))
+		col := &collector{got: map[string]int{}, ch: make(chan string, 1)}
+		c.Subscribe("state/door", 1, func(_ paho.Client, m paho.Message) { col.ch <- string(m.Payload()) }).WaitTimeout(5 * time.Second)
+		select {
+		case p := <-col.ch:
+			if p != "closed" {
+				t.Fatalf("retained %q", p)
+			}
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("retained message did not reach the peer")
+		}
+	}
+}
+
+// A broker that requires PROXY protocol refuses a connection without it,
+// and records the client address a PROXY header carries.
+func TestProxyProtocolRequired(t *testing.T) {
+	b, err := Start(Options{Name: "p", Listen: "127.0.0.1:0", ProxyProtocol: ProxyRequired})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	bare, err := net.Dial("tcp", b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bare.Write([]byte{0x10, 13, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, 1, 'a'})
+	bare.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, _ := bare.Read(make([]byte, 4)); n != 0 {
+		t.Errorf("a connection without a PROXY header got an answer")
+	}
+	bare.Close()
+	if b.ProxyRejected() != 1 {
+		t.Errorf("ProxyRejected = %d", b.ProxyRejected())
+	}
+
+	opts := paho.NewClientOptions().AddBroker("tcp://" + b.Addr()).SetClientID("proxied").
+		SetCustomOpenConnectionFn(func(_ *url.URL, _ paho.ClientOptions) (net.Conn, error) {
+			c, err := net.Dial("tcp", b.Addr())
+			if err != nil {
+				return nil, err
+			}
+			h := proxyproto.HeaderProxyFromAddrs(2, &net.TCPAddr{IP: net.IPv4(203, 0, 113, 7), Port: 40001}, c.LocalAddr())
+			if _, err := h.WriteTo(c); err != nil {
+				return nil, err
+			}
+			return c, nil
+		})
+	c := paho.NewClient(opts)
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	c.Disconnect(0)
+	recs := b.Connections()
+	if len(recs) != 1 || recs[0].Remote != "203.0.113.7:40001" || !recs[0].Proxied || b.Forwarded() != 1 {
+		t.Errorf("records %+v, forwarded %d", recs, b.Forwarded())
+	}
+	if !strings.Contains(recs[0].ClientID, "proxied") {
+		t.Errorf("client ID %q", recs[0].ClientID)
+	}
+}
