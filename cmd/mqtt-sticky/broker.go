@@ -7,19 +7,22 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/mqtt-sticky/mqtt-sticky/internal/broker"
 )
 
 func runBroker(args []string, stdout, stderr io.Writer) error {
-	var listen, mode, name, logLevel string
+	var listen, mode, name, logLevel, clusterListen, peers string
 	fs := flag.NewFlagSet("broker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&listen, "listen", "127.0.0.1:18831", "address to accept MQTT connections on")
 	fs.StringVar(&mode, "proxy-protocol", "required", "PROXY protocol header: required, optional or off")
 	fs.StringVar(&name, "name", "", "broker name in logs (default: the listen address)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&clusterListen, "cluster-listen", "", "address peer brokers link to (enables clustering)")
+	fs.StringVar(&peers, "peers", "", "comma-separated cluster addresses of the other brokers; a message published on any broker reaches subscribers on all")
 	if rest, err := parse(fs, args); err != nil {
 		return err
 	} else if len(rest) > 0 {
@@ -33,7 +36,14 @@ func runBroker(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	b, err := broker.Start(broker.Options{Name: name, Listen: listen, ProxyProtocol: pm, Logger: log})
+	var peerList []string
+	for _, p := range strings.Split(peers, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			peerList = append(peerList, p)
+		}
+	}
+	b, err := broker.Start(broker.Options{Name: name, Listen: listen, ProxyProtocol: pm, Logger: log,
+		ClusterListen: clusterListen, Peers: peerList})
 	if err != nil {
 		return err
 	}

@@ -27,6 +27,7 @@ import (
 const defaultStateFile = "mqtt-sticky-state.json"
 
 type serveOptions struct {
+	file       *model.File // used instead of configPath when set
 	configPath string
 	xdsListen  string
 	apiListen  string
@@ -73,7 +74,9 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 // addresses once both listeners accept connections.
 func serve(ctx context.Context, o serveOptions, log *slog.Logger, ready func(xdsAddr, apiAddr string)) error {
 	file := &model.File{Model: *model.Default()}
-	if o.configPath != "" {
+	if o.file != nil {
+		file = o.file
+	} else if o.configPath != "" {
 		f, err := model.LoadFile(o.configPath)
 		if err != nil {
 			return err

@@ -78,6 +78,9 @@ type Options struct {
 	NodeID, Cluster string
 	ExtraArgs       []string
 	Env             []string
+	// DieWithParent makes the kernel stop Envoy if this process dies
+	// without stopping it (Linux).
+	DieWithParent bool
 }
 
 // Process is a running Envoy.
@@ -114,6 +117,11 @@ func Start(opts Options) (*Process, error) {
 	args = append(args, opts.ExtraArgs...)
 	cmd := exec.Command(opts.Binary, args...)
 	cmd.Env = append(os.Environ(), opts.Env...)
+	if opts.DieWithParent {
+		// Its own process group keeps a terminal's Ctrl-C away from Envoy:
+		// the parent decides when and how it stops.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
+	}
 	if opts.ModuleDir != "" {
 		cmd.Env = append(cmd.Env, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH="+opts.ModuleDir)
 	}
