@@ -72,7 +72,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	return nil
 }
 
-func endpointsPath(cluster string) string { return "/v1/clusters/" + url.PathEscape(cluster) + "/endpoints" }
+func endpointsPath(cluster string) string {
+	return "/v1/clusters/" + url.PathEscape(cluster) + "/endpoints"
+}
 
 // Clusters lists the clusters.
 func (c *Client) Clusters(ctx context.Context) (*ClusterList, error) {

@@ -237,4 +237,3 @@ func waitHealthy(ctx context.Context, envoy *envoyproc.Process, n int) int {
 		}
 	}
 }
-
