@@ -10,9 +10,14 @@ ENVOY_LAUNCHER := $(VENV)/bin/envoy
 MODULE := build/libmqtt_sticky.so
 CLI := build/mqtt-sticky
 FUZZTIME ?= 20s
+# `docker compose config` checks docker-compose.yaml without a Docker engine.
+# Debian ships only Compose v1, so the v2 plugin is built from its Go module.
+COMPOSE_VERSION := v2.40.3
+DOCKER_CONFIG_DIR := $(CURDIR)/.tools/docker
+COMPOSE_PLUGIN := $(DOCKER_CONFIG_DIR)/cli-plugins/docker-compose
 
 .DEFAULT_GOAL := help
-.PHONY: help filter build envoy run test unit e2e fuzz fuzz-short lint validate golden clean
+.PHONY: help filter build envoy run compose-tool test unit e2e fuzz fuzz-short lint validate golden clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,6 +43,15 @@ envoy: $(ENVOY_LAUNCHER) ## install Envoy $(ENVOY_VERSION) into .venv (does noth
 run: filter build envoy ## run brokers + control plane + Envoy on :1883 (BROKERS=host:port,... uses existing brokers)
 	./$(CLI) run $(if $(BROKERS),--brokers $(BROKERS)) $(RUN_ARGS)
 
+$(COMPOSE_PLUGIN):
+	@mkdir -p $(dir $(COMPOSE_PLUGIN))
+	@echo "building the docker compose $(COMPOSE_VERSION) CLI plugin (once; a few minutes)"
+	@dir=$$(GOFLAGS= $(GO) mod download -json github.com/docker/compose/v2@$(COMPOSE_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+		cd $$dir && GOFLAGS=-mod=mod $(GO) build -o $(COMPOSE_PLUGIN) -ldflags "-X github.com/docker/compose/v2/internal.Version=$(COMPOSE_VERSION)" ./cmd
+
+compose-tool: $(COMPOSE_PLUGIN) ## install the docker compose plugin the compose test uses, into .tools/
+	@DOCKER_CONFIG=$(DOCKER_CONFIG_DIR) docker compose version
+
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
@@ -56,8 +70,8 @@ fuzz-short: ## run each fuzz target for FUZZTIME (default 20s)
 fuzz: ## run each fuzz target for 5 minutes
 	$(MAKE) fuzz-short FUZZTIME=5m
 
-e2e: envoy ## end-to-end tests against the real Envoy (fails when Envoy is missing)
-	$(GO) test -count=1 -timeout 20m -v ./tests/
+e2e: envoy compose-tool ## end-to-end tests against the real Envoy (fails when Envoy is missing)
+	DOCKER_CONFIG=$(DOCKER_CONFIG_DIR) $(GO) test -count=1 -timeout 20m -v ./tests/
 
 validate: filter envoy ## check envoy/static.yaml and envoy/bootstrap.yaml with envoy --mode validate
 	ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/build $(ENVOY_LAUNCHER) --mode validate -c envoy/static.yaml

@@ -1,0 +1,215 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/mqtt-sticky/mqtt-sticky/internal/envoyproc"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
+)
+
+// composeProject is the part of `docker compose config --format json` the
+// checks below read.
+type composeProject struct {
+	Services map[string]struct {
+		Image       string                   `json:"image"`
+		Build       *struct{ Target string } `json:"build"`
+		Command     []string                 `json:"command"`
+		Environment map[string]string        `json:"environment"`
+		NetworkMode string                   `json:"network_mode"`
+		Networks    map[string]*struct {
+			IPv4Address string `json:"ipv4_address"`
+		} `json:"networks"`
+		Ports []struct {
+			Target    int    `json:"target"`
+			Published string `json:"published"`
+		} `json:"ports"`
+		Volumes []struct {
+			Source, Target string
+		} `json:"volumes"`
+		Healthcheck *struct{ Test []string }              `json:"healthcheck"`
+		DependsOn   map[string]struct{ Condition string } `json:"depends_on"`
+	} `json:"services"`
+}
+
+// docker-compose.yaml, envoy/bootstrap.yaml, compose/mqtt-sticky.yaml and
+// the Dockerfile must agree: ports, addresses, the PROXY protocol on both
+// sides, the module's name and path. Docker cannot run here, so this is
+// what the suite verifies of the compose setup; `docker compose config`
+// (the v2 plugin `make compose-tool` installs) checks the file itself.
+func TestComposeFilesAgree(t *testing.T) {
+	root, err := envoyproc.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("docker", "compose", "-f", filepath.Join(root, "docker-compose.yaml"), "config", "--format", "json")
+	cmd.Env = append(os.Environ(), "MQTT_STICKY_API_TOKEN=compose-test-token")
+	out, err := cmd.Output()
+	if err != nil {
+		stderr := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("docker compose config failed (run `make compose-tool` and set DOCKER_CONFIG=%s/.tools/docker): %v\n%s", root, err, stderr)
+	}
+	var p composeProject
+	if err := json.Unmarshal(out, &p); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := model.LoadFile(filepath.Join(root, "compose", "mqtt-sticky.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(root, "envoy", "bootstrap.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var boot map[string]any
+	if err := yaml.Unmarshal(raw, &boot); err != nil {
+		t.Fatal(err)
+	}
+	dockerfile, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// EMQX nodes: official 5.x image, PROXY protocol required, clustered,
+	// and exactly the control plane's endpoints.
+	cluster := cp.Cluster("brokers")
+	if cluster == nil {
+		t.Fatal(`compose/mqtt-sticky.yaml has no cluster "brokers"`)
+	}
+	if cluster.ProxyProtocol == model.ProxyOff {
+		t.Error("the control plane sends no PROXY header, but the EMQX listeners require one")
+	}
+	var emqxAddrs, nodeNames []string
+	for _, name := range []string{"emqx1", "emqx2", "emqx3"} {
+		s, ok := p.Services[name]
+		if !ok {
+			t.Fatalf("service %s missing", name)
+		}
+		if !strings.HasPrefix(s.Image, "emqx/emqx:5.") {
+			t.Errorf("%s: image %s, want the official emqx/emqx 5.x", name, s.Image)
+		}
+		if s.Environment["EMQX_LISTENERS__TCP__DEFAULT__PROXY_PROTOCOL"] != "true" {
+			t.Errorf("%s: PROXY protocol is not enabled on the TCP listener", name)
+		}
+		ip := s.Networks["mqtt"].IPv4Address
+		if s.Environment["EMQX_NODE_NAME"] != "emqx@"+ip {
+			t.Errorf("%s: node name %q, want emqx@%s", name, s.Environment["EMQX_NODE_NAME"], ip)
+		}
+		nodeNames = append(nodeNames, "emqx@"+ip)
+		emqxAddrs = append(emqxAddrs, net.JoinHostPort(ip, "1883"))
+		if s.Healthcheck == nil {
+			t.Errorf("%s: no health check", name)
+		}
+	}
+	for _, s := range []string{"emqx1", "emqx2", "emqx3"} {
+		seeds := p.Services[s].Environment["EMQX_CLUSTER__STATIC__SEEDS"]
+		for _, n := range nodeNames {
+			if !strings.Contains(seeds, n) {
+				t.Errorf("%s: cluster seeds %s lack %s", s, seeds, n)
+			}
+		}
+	}
+	var endpoints []string
+	for _, e := range cluster.Endpoints {
+		endpoints = append(endpoints, net.JoinHostPort(e.Address, fmt.Sprint(e.Port)))
+	}
+	slices.Sort(endpoints)
+	slices.Sort(emqxAddrs)
+	if !slices.Equal(endpoints, emqxAddrs) {
+		t.Errorf("control-plane endpoints %v, EMQX nodes %v", endpoints, emqxAddrs)
+	}
+
+	// The control plane: xDS where the bootstrap looks for it, the API and
+	// MQTT ports published, a token because the API is not on loopback.
+	xds := p.Services["xds"]
+	if xds.Build == nil || xds.Build.Target != "control-plane" {
+		t.Errorf("xds: not built from the Dockerfile's control-plane target")
+	}
+	bootXDS := get(t, boot, "static_resources", "clusters", 0, "load_assignment", "endpoints", 0, "lb_endpoints", 0,
+		"endpoint", "address", "socket_address").(map[string]any)
+	if want := net.JoinHostPort(fmt.Sprint(bootXDS["address"]), fmt.Sprint(bootXDS["port_value"])); cp.XDSListen != want {
+		t.Errorf("control plane serves xDS on %s, the bootstrap expects %s", cp.XDSListen, want)
+	}
+	published := map[int]bool{}
+	for _, port := range xds.Ports {
+		if port.Published == fmt.Sprint(port.Target) {
+			published[port.Target] = true
+		}
+	}
+	_, apiPort := splitHostPort(t, cp.APIListen)
+	for _, l := range cp.Listeners {
+		if !published[l.Port] {
+			t.Errorf("MQTT listener port %d is not published", l.Port)
+		}
+		if l.ModuleName != "mqtt_sticky" {
+			t.Errorf("listener %s loads module %q", l.Name, l.ModuleName)
+		}
+	}
+	if !published[apiPort] {
+		t.Errorf("API port %d is not published", apiPort)
+	}
+	if xds.Environment["MQTT_STICKY_API_TOKEN"] == "" {
+		t.Error("the API listens beyond loopback without MQTT_STICKY_API_TOKEN")
+	}
+	mountsConfig := false
+	for _, v := range xds.Volumes {
+		if strings.HasSuffix(v.Source, filepath.Join("compose", "mqtt-sticky.yaml")) && slices.Contains(xds.Command, v.Target) {
+			mountsConfig = true
+		}
+	}
+	if !mountsConfig {
+		t.Error("xds does not serve the mounted compose/mqtt-sticky.yaml")
+	}
+	if xds.Healthcheck == nil || len(xds.DependsOn) != 3 {
+		t.Errorf("xds: health check %v, depends on %v", xds.Healthcheck, xds.DependsOn)
+	}
+
+	// Envoy: the official 1.40 image with the module, in the control
+	// plane's network namespace, on envoy/bootstrap.yaml.
+	envoy := p.Services["envoy"]
+	if envoy.NetworkMode != "service:xds" {
+		t.Errorf("envoy network_mode %q: the bootstrap reaches xDS on %s only inside the control plane's namespace", envoy.NetworkMode, cp.XDSListen)
+	}
+	if envoy.Build == nil || envoy.Build.Target != "envoy" {
+		t.Error("envoy: not built from the Dockerfile's envoy target")
+	}
+	if m := regexp.MustCompile(`(?m)^ARG ENVOY_IMAGE=envoyproxy/envoy:v1\.40\.\d+$`).Find(dockerfile); m == nil {
+		t.Error("Dockerfile: ENVOY_IMAGE is not envoyproxy/envoy:v1.40.x")
+	}
+	copyLine := regexp.MustCompile(`(?m)^COPY --from=module /out/libmqtt_sticky\.so (\S+)/libmqtt_sticky\.so$`).FindSubmatch(dockerfile)
+	if copyLine == nil {
+		t.Fatal("Dockerfile: no COPY of libmqtt_sticky.so into the Envoy image")
+	}
+	if dir := envoy.Environment["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"]; dir != string(copyLine[1]) {
+		t.Errorf("envoy searches modules in %q, the Dockerfile installs it in %q", dir, copyLine[1])
+	}
+	mountsBootstrap := false
+	for _, v := range envoy.Volumes {
+		if strings.HasSuffix(v.Source, filepath.Join("envoy", "bootstrap.yaml")) && slices.Contains(envoy.Command, v.Target) {
+			mountsBootstrap = true
+		}
+	}
+	if !mountsBootstrap {
+		t.Error("envoy does not run the mounted envoy/bootstrap.yaml")
+	}
+	admin := get(t, boot, "admin", "address", "socket_address").(map[string]any)
+	if envoy.Healthcheck == nil || !strings.Contains(strings.Join(envoy.Healthcheck.Test, " "), fmt.Sprintf("127.0.0.1/%v", admin["port_value"])) {
+		t.Errorf("envoy health check does not ask the admin port %v", admin["port_value"])
+	}
+	if envoy.DependsOn["xds"].Condition != "service_healthy" {
+		t.Error("envoy does not wait for a healthy control plane")
+	}
+}
