@@ -17,7 +17,7 @@ DOCKER_CONFIG_DIR := $(CURDIR)/.tools/docker
 COMPOSE_PLUGIN := $(DOCKER_CONFIG_DIR)/cli-plugins/docker-compose
 
 .DEFAULT_GOAL := help
-.PHONY: help filter build envoy run compose-tool test unit e2e fuzz fuzz-short lint validate golden clean
+.PHONY: help filter build envoy run bench bench-quick compose-tool test unit e2e fuzz fuzz-short lint validate golden clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +51,12 @@ $(COMPOSE_PLUGIN):
 
 compose-tool: $(COMPOSE_PLUGIN) ## install the docker compose plugin the compose test uses, into .tools/
 	@DOCKER_CONFIG=$(DOCKER_CONFIG_DIR) docker compose version
+
+bench: filter envoy ## full benchmark run (about 30 minutes); writes docs/benchmarks.md
+	$(GO) run ./bench --out docs/benchmarks.md
+
+bench-quick: filter envoy ## quick benchmark run (under 5 minutes); writes build/benchmarks-quick.md
+	$(GO) run ./bench --quick --out build/benchmarks-quick.md
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
+)
+
+// A minimal MQTT 3.1.1 client for load generation: it writes packets with
+// the repository's encoder and reads replies by hand, so the load generator
+// costs little next to what it measures.
+
+// dialer connects from 127.0.0.x, rotating over 249 source addresses so
+// tens of thousands of connections do not exhaust ephemeral ports.
+type dialer struct{ n uint32 }
+
+func (d *dialer) dial(addr string) (net.Conn, error) {
+	d.n++
+	src := net.IPv4(127, 0, 0, byte(2+d.n%249))
+	nd := net.Dialer{LocalAddr: &net.TCPAddr{IP: src}, Timeout: 5 * time.Second}
+	return nd.Dial("tcp", addr)
+}
+
+func connectPacket(clientID string) []byte {
+	return mqtt.AppendConnect(nil, &mqtt.ConnectPacket{Connect: mqtt.Connect{
+		Level: mqtt.Level311, ClientID: clientID, CleanStart: true}})
+}
+
+// readPacket reads one packet and returns its first byte and body.
+func readPacket(r *bufio.Reader) (byte, []byte, error) {
+	first, err := r.ReadByte()
+	if err != nil {
+		return 0, nil, err
+	}
+	n, shift := 0, 0
+	for i := 0; ; i++ {
+		b, err := r.ReadByte()
+		if err != nil {
+			return 0, nil, err
+		}
+		n |= int(b&0x7f) << shift
+		shift += 7
+		if b&0x80 == 0 {
+			break
+		}
+		if i == 3 {
+			return 0, nil, errors.New("bad remaining length")
+		}
+	}
+	body := make([]byte, n)
+	_, err = io.ReadFull(r, body)
+	return first, body, err
+}
+
+// session is one MQTT connection.
+type session struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+// connect opens a connection and completes CONNECT/CONNACK. It returns the
+// time from writing CONNECT to reading CONNACK.
+func (d *dialer) connect(addr, clientID string) (*session, time.Duration, error) {
+	c, err := d.dial(addr)
+	if err != nil {
+		return nil, 0, err
+	}
+	s := &session{conn: c, r: bufio.NewReaderSize(c, 4096)}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	if _, err := c.Write(connectPacket(clientID)); err != nil {
+		c.Close()
+		return nil, 0, err
+	}
+	typ, body, err := readPacket(s.r)
+	took := time.Since(start)
+	if err != nil {
+		c.Close()
+		return nil, 0, fmt.Errorf("client %s: no CONNACK: %w", clientID, err)
+	}
+	if typ != 0x20 || len(body) != 2 || body[1] != 0 {
+		c.Close()
+		return nil, 0, fmt.Errorf("client %s: CONNACK %#x % x", clientID, typ, body)
+	}
+	c.SetDeadline(time.Time{})
+	return s, took, nil
+}
+
+func (s *session) close() { s.conn.Close() }
+
+func (s *session) subscribe(topic string) error {
+	body := []byte{0, 1, byte(len(topic) >> 8), byte(len(topic))}
+	body = append(body, topic...)
+	body = append(body, 0)
+	if _, err := s.conn.Write(append([]byte{0x82, byte(len(body))}, body...)); err != nil {
+		return err
+	}
+	s.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	defer s.conn.SetReadDeadline(time.Time{})
+	typ, _, err := readPacket(s.r)
+	if err != nil || typ != 0x90 {
+		return fmt.Errorf("SUBACK %#x: %v", typ, err)
+	}
+	return nil
+}
+
+// publishPacket appends a QoS 0 PUBLISH.
+func publishPacket(dst []byte, topic string, payload []byte) []byte {
+	n := 2 + len(topic) + len(payload)
+	dst = append(dst, 0x30)
+	for {
+		b := byte(n & 0x7f)
+		n >>= 7
+		if n > 0 {
+			b |= 0x80
+		}
+		dst = append(dst, b)
+		if n == 0 {
+			break
+		}
+	}
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(topic)))
+	dst = append(dst, topic...)
+	return append(dst, payload...)
+}
+
+// readPublish reads the next PUBLISH and returns its payload.
+func (s *session) readPublish() ([]byte, error) {
+	for {
+		typ, body, err := readPacket(s.r)
+		if err != nil {
+			return nil, err
+		}
+		if typ&0xf0 != 0x30 || len(body) < 2 {
+			continue
+		}
+		tl := int(binary.BigEndian.Uint16(body))
+		if 2+tl > len(body) {
+			return nil, errors.New("short PUBLISH")
+		}
+		return body[2+tl:], nil
+	}
+}
