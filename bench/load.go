@@ -16,9 +16,19 @@ import (
 // close, as fast as they can, for dur. It returns completed handshakes per
 // second and the proxy's CPU seconds per 1,000 of them.
 func setupRate(addr string, pid, workers int, dur time.Duration, prefix string) (rate, cpuPer1000 float64, err error) {
+	rate, cpuPer1000, _, err = setupRateThreads(addr, pid, workers, dur, prefix)
+	return rate, cpuPer1000, err
+}
+
+// setupRateThreads is setupRate that also splits the proxy's CPU per 1,000
+// handshakes by thread: "worker" for Envoy's worker threads (wrk:*),
+// "other" for every other thread (Envoy's main thread and, with the
+// module loaded, the Go runtime's threads).
+func setupRateThreads(addr string, pid, workers int, dur time.Duration, prefix string) (rate, cpuPer1000 float64, byThread map[string]float64, err error) {
 	var done, failed atomic.Int64
 	var firstErr atomic.Value
 	cpu0 := cpuSeconds(pid)
+	threads0 := threadCPU(pid)
 	start := time.Now()
 	deadline := start.Add(dur)
 	var wg sync.WaitGroup
@@ -42,14 +52,49 @@ func setupRate(addr string, pid, workers int, dur time.Duration, prefix string) 
 	wg.Wait()
 	elapsed := time.Since(start).Seconds()
 	cpu := cpuSeconds(pid) - cpu0
+	threads1 := threadCPU(pid)
 	if f := failed.Load(); f > done.Load()/100 {
-		return 0, 0, fmt.Errorf("%d of %d connections failed: %v", f, f+done.Load(), firstErr.Load())
+		return 0, 0, nil, fmt.Errorf("%d of %d connections failed: %v", f, f+done.Load(), firstErr.Load())
 	}
 	rate = float64(done.Load()) / elapsed
+	byThread = map[string]float64{}
 	if pid > 0 && done.Load() > 0 {
 		cpuPer1000 = cpu / float64(done.Load()) * 1000
+		for k, v := range threads1 {
+			byThread[k] = (v - threads0[k]) / float64(done.Load()) * 1000
+		}
 	}
-	return rate, cpuPer1000, nil
+	return rate, cpuPer1000, byThread, nil
+}
+
+// threadCPU sums CPU seconds over the process's threads, grouped into
+// "worker" (Envoy's wrk:* threads) and "other".
+func threadCPU(pid int) map[string]float64 {
+	out := map[string]float64{}
+	if pid <= 0 {
+		return out
+	}
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return out
+	}
+	for _, e := range entries {
+		comm, err1 := os.ReadFile(dir + "/" + e.Name() + "/comm")
+		stat, err2 := os.ReadFile(dir + "/" + e.Name() + "/stat")
+		if err1 != nil || err2 != nil {
+			continue // the thread exited
+		}
+		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+		u, _ := strconv.ParseFloat(f[11], 64)
+		s, _ := strconv.ParseFloat(f[12], 64)
+		group := "other"
+		if strings.HasPrefix(string(comm), "wrk:") {
+			group = "worker"
+		}
+		out[group] += (u + s) / 100
+	}
+	return out
 }
 
 // connectLatency opens connections at a fixed rate for dur and returns the

@@ -127,9 +127,9 @@ func runGoBenchmarks(env *benchEnv) string {
 	if err != nil {
 		return fmt.Sprintf("go test -bench failed: %v\n%s", err, raw)
 	}
-	path := filepath.Join(env.dir, "gobench.txt")
+	path := filepath.Join(env.dir, "hot-paths.txt")
 	os.WriteFile(path, raw, 0o644)
-	stat, err := exec.Command("go", "tool", "benchstat", path).CombinedOutput()
+	stat, err := exec.Command("go", "tool", "benchstat", "this-run="+path).CombinedOutput()
 	if err != nil {
 		return fmt.Sprintf("benchstat failed: %v\n%s", err, stat)
 	}

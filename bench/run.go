@@ -13,6 +13,8 @@ type perfResult struct {
 	broken      bool
 	setupRate   stat // CONNECT/CONNACK handshakes per second
 	cpuPer1000  stat // proxy CPU seconds per 1,000 handshakes
+	cpuWorker   stat // of which Envoy's worker thread
+	cpuOther    stat // of which every other thread (main, and Go runtime threads in A)
 	connP50     stat // ms
 	connP99     stat // ms
 	msgRate     stat // messages per second
@@ -90,7 +92,7 @@ func runPerf(env *benchEnv) []*perfResult {
 			}
 			log.Printf("rep %d/%d: %s", rep+1, env.reps, p.name)
 			prefix := fmt.Sprintf("%s-r%d", p.name, rep)
-			rate, cpu, err := setupRate(p.addr, p.pid, env.workers, env.setupDur, prefix+"-rate")
+			rate, cpu, threads, err := setupRateThreads(p.addr, p.pid, env.workers, env.setupDur, prefix+"-rate")
 			if err != nil {
 				r.err = "setup rate: " + err.Error()
 				continue
@@ -98,6 +100,8 @@ func runPerf(env *benchEnv) []*perfResult {
 			add(p.name, "rate", rate)
 			if p.pid > 0 {
 				add(p.name, "cpu", cpu)
+				add(p.name, "worker", threads["worker"])
+				add(p.name, "other", threads["other"])
 			}
 			lat, err := connectLatency(p.addr, env.connRate, env.latDur, prefix+"-lat")
 			if err != nil {
@@ -160,6 +164,7 @@ func runPerf(env *benchEnv) []*perfResult {
 	for _, r := range liveRes {
 		s := samples[r.name]
 		r.setupRate, r.cpuPer1000 = summarize(s["rate"]), summarize(s["cpu"])
+		r.cpuWorker, r.cpuOther = summarize(s["worker"]), summarize(s["other"])
 		r.connP50, r.connP99 = summarize(s["c50"]), summarize(s["c99"])
 		r.msgRate, r.msgP50, r.msgP99 = summarize(s["msg"]), summarize(s["m50"]), summarize(s["m99"])
 		r.memPerConn = summarize(s["mem"])

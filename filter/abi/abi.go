@@ -128,11 +128,25 @@ func mqttStickyFilterNew(cfgHandle C.uintptr_t, envoy unsafe.Pointer) (handle C.
 	return C.uintptr_t(c.handle)
 }
 
-func lookup(handle C.uintptr_t) *conn { return cgo.Handle(handle).Value().(*conn) }
+// lookup returns the connection behind a handle. A bad handle would be a
+// bug in shim.c; it must still not panic across the C boundary.
+func lookup(handle C.uintptr_t) (c *conn) {
+	defer func() {
+		if r := recover(); r != nil {
+			hostLog(filter.LogCritical, fmt.Sprintf("mqtt_sticky: bad connection handle %d: %v", handle, r))
+			c = nil
+		}
+	}()
+	c, _ = cgo.Handle(handle).Value().(*conn)
+	return c
+}
 
 //export mqttStickyOnNewConnection
 func mqttStickyOnNewConnection(handle C.uintptr_t) (status C.int) {
 	c := lookup(handle)
+	if c == nil {
+		return statusStop
+	}
 	defer c.barrier("on_new_connection", &status)
 	return toStatus(c.filter.OnNewConnection())
 }
@@ -140,6 +154,9 @@ func mqttStickyOnNewConnection(handle C.uintptr_t) (status C.int) {
 //export mqttStickyOnRead
 func mqttStickyOnRead(handle C.uintptr_t, chunks *C.envoy_dynamic_module_type_envoy_buffer, n C.size_t, endStream C.bool) (status C.int) {
 	c := lookup(handle)
+	if c == nil {
+		return statusStop
+	}
 	defer c.barrier("on_read", &status)
 	if c.panicked {
 		return statusStop
@@ -157,6 +174,9 @@ func mqttStickyOnRead(handle C.uintptr_t, chunks *C.envoy_dynamic_module_type_en
 //export mqttStickyOnClose
 func mqttStickyOnClose(handle C.uintptr_t) {
 	c := lookup(handle)
+	if c == nil {
+		return
+	}
 	defer c.barrier("on_event", nil)
 	if !c.panicked {
 		c.filter.OnClose()
@@ -166,6 +186,9 @@ func mqttStickyOnClose(handle C.uintptr_t) {
 //export mqttStickyOnScheduled
 func mqttStickyOnScheduled(handle C.uintptr_t, event C.uint64_t) {
 	c := lookup(handle)
+	if c == nil {
+		return
+	}
 	defer c.barrier("on_scheduled", nil)
 	if event == timerEvent && !c.panicked {
 		c.filter.OnTimer()
@@ -175,6 +198,9 @@ func mqttStickyOnScheduled(handle C.uintptr_t, event C.uint64_t) {
 //export mqttStickyFilterDestroy
 func mqttStickyFilterDestroy(handle C.uintptr_t) {
 	c := lookup(handle)
+	if c == nil {
+		return
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			hostLog(filter.LogCritical, fmt.Sprintf("mqtt_sticky: panic in on_destroy: %v\n%s", r, debug.Stack()))
