@@ -182,7 +182,7 @@ func (r *report) chart() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="13">`+"\n", w, h)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
-	section := func(y int, title string, val func(*perfResult) float64, unit string) int {
+	section := func(y int, title string, val func(*perfResult) float64, format string) int {
 		fmt.Fprintf(&b, `<text x="10" y="%d" font-weight="bold">%s</text>`+"\n", y, title)
 		y += 12
 		top := 0.0
@@ -200,14 +200,15 @@ func (r *report) chart() string {
 				color = "#2b6cb0"
 			}
 			fmt.Fprintf(&b, `<text x="10" y="%d">%s</text>`+"\n", y+17, p.name)
+			fmt.Fprintf(&b, `<title>%s</title>`+"\n", p.title)
 			fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%d" height="20" fill="%s"/>`+"\n", left, y+3, bw, color)
-			fmt.Fprintf(&b, `<text x="%d" y="%d">%.3g %s</text>`+"\n", left+bw+6, y+17, v, unit)
+			fmt.Fprintf(&b, `<text x="%d" y="%d">`+format+`</text>`+"\n", left+bw+6, y+17, v)
 			y += rowH
 		}
 		return y + 20
 	}
-	y := section(24, "Connection setup rate (CONNECT→CONNACK per second, median)", func(p *perfResult) float64 { return p.setupRate.median }, "/s")
-	section(y+10, "CONNECT→CONNACK latency p99 at a fixed rate (ms, median)", func(p *perfResult) float64 { return p.connP99.median }, "ms")
+	y := section(24, "Connection setup rate (CONNECT→CONNACK per second, median)", func(p *perfResult) float64 { return p.setupRate.median }, "%.0f /s")
+	section(y+10, "CONNECT→CONNACK latency p99 at a fixed rate (ms, median)", func(p *perfResult) float64 { return p.connP99.median }, "%.3f ms")
 	b.WriteString("</svg>\n")
 	return b.String()
 }
