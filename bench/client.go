@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"time"
 
@@ -32,32 +31,6 @@ func connectPacket(clientID string) []byte {
 		Level: mqtt.Level311, ClientID: clientID, CleanStart: true}})
 }
 
-// readPacket reads one packet and returns its first byte and body.
-func readPacket(r *bufio.Reader) (byte, []byte, error) {
-	first, err := r.ReadByte()
-	if err != nil {
-		return 0, nil, err
-	}
-	n, shift := 0, 0
-	for i := 0; ; i++ {
-		b, err := r.ReadByte()
-		if err != nil {
-			return 0, nil, err
-		}
-		n |= int(b&0x7f) << shift
-		shift += 7
-		if b&0x80 == 0 {
-			break
-		}
-		if i == 3 {
-			return 0, nil, errors.New("bad remaining length")
-		}
-	}
-	body := make([]byte, n)
-	_, err = io.ReadFull(r, body)
-	return first, body, err
-}
-
 // session is one MQTT connection.
 type session struct {
 	conn net.Conn
@@ -78,7 +51,7 @@ func (d *dialer) connect(addr, clientID string) (*session, time.Duration, error)
 		c.Close()
 		return nil, 0, err
 	}
-	typ, body, err := readPacket(s.r)
+	typ, body, err := mqtt.ReadPacket(s.r)
 	took := time.Since(start)
 	if err != nil {
 		c.Close()
@@ -95,45 +68,22 @@ func (d *dialer) connect(addr, clientID string) (*session, time.Duration, error)
 func (s *session) close() { s.conn.Close() }
 
 func (s *session) subscribe(topic string) error {
-	body := []byte{0, 1, byte(len(topic) >> 8), byte(len(topic))}
-	body = append(body, topic...)
-	body = append(body, 0)
-	if _, err := s.conn.Write(append([]byte{0x82, byte(len(body))}, body...)); err != nil {
+	if _, err := s.conn.Write(mqtt.AppendSubscribe(nil, mqtt.Level311, 1, topic)); err != nil {
 		return err
 	}
 	s.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	defer s.conn.SetReadDeadline(time.Time{})
-	typ, _, err := readPacket(s.r)
+	typ, _, err := mqtt.ReadPacket(s.r)
 	if err != nil || typ != 0x90 {
 		return fmt.Errorf("SUBACK %#x: %v", typ, err)
 	}
 	return nil
 }
 
-// publishPacket appends a QoS 0 PUBLISH.
-func publishPacket(dst []byte, topic string, payload []byte) []byte {
-	n := 2 + len(topic) + len(payload)
-	dst = append(dst, 0x30)
-	for {
-		b := byte(n & 0x7f)
-		n >>= 7
-		if n > 0 {
-			b |= 0x80
-		}
-		dst = append(dst, b)
-		if n == 0 {
-			break
-		}
-	}
-	dst = binary.BigEndian.AppendUint16(dst, uint16(len(topic)))
-	dst = append(dst, topic...)
-	return append(dst, payload...)
-}
-
 // readPublish reads the next PUBLISH and returns its payload.
 func (s *session) readPublish() ([]byte, error) {
 	for {
-		typ, body, err := readPacket(s.r)
+		typ, body, err := mqtt.ReadPacket(s.r)
 		if err != nil {
 			return nil, err
 		}

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
 )
 
 // setupRate runs workers that each connect, complete CONNECT/CONNACK and
@@ -175,7 +177,7 @@ func publishThroughput(addr, subID, pubID string, n, size int) (float64, error) 
 	payload := make([]byte, size)
 	var batch []byte
 	for i := 0; i < n; i++ {
-		batch = publishPacket(batch, topic, payload)
+		batch = mqtt.AppendPublish(batch, mqtt.Level311, topic, payload)
 		if len(batch) > 32<<10 || i == n-1 {
 			if _, err := pub.conn.Write(batch); err != nil {
 				return 0, err
@@ -223,7 +225,7 @@ func publishLatency(addr, subID, pubID string, perSecond int, dur time.Duration)
 	for range n {
 		<-tick.C
 		binary.BigEndian.PutUint64(payload, uint64(time.Since(base)))
-		pkt = publishPacket(pkt[:0], topic, payload)
+		pkt = mqtt.AppendPublish(pkt[:0], mqtt.Level311, topic, payload)
 		if _, err := pub.conn.Write(pkt); err != nil {
 			return nil, err
 		}
@@ -240,29 +242,8 @@ func publishLatency(addr, subID, pubID string, perSecond int, dur time.Duration)
 func idleMemory(addr string, pid, n int, prefix string) (perConn float64, base, after int64, err error) {
 	base = rssBytes(pid)
 	sessions := make([]*session, n)
-	var next atomic.Int64
-	var firstErr atomic.Value
-	var wg sync.WaitGroup
-	for w := range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			d := &dialer{n: uint32(w * 131)}
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				s, _, err := d.connect(addr, fmt.Sprintf("%s-%d", prefix, i))
-				if err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-				sessions[i] = s
-			}
-		}()
-	}
-	wg.Wait()
+	err = connectEach(addr, n, 64, func(i int) string { return fmt.Sprintf("%s-%d", prefix, i) },
+		func(i int, s *session) { sessions[i] = s })
 	defer func() {
 		for _, s := range sessions {
 			if s != nil {
@@ -270,11 +251,44 @@ func idleMemory(addr string, pid, n int, prefix string) (perConn float64, base, 
 			}
 		}
 	}()
-	if e := firstErr.Load(); e != nil {
-		return 0, 0, 0, e.(error)
+	if err != nil {
+		return 0, 0, 0, err
 	}
 	after = rssBytes(pid)
 	return float64(after-base) / float64(n), base, after, nil
+}
+
+// connectEach connects n clients through addr with workers in parallel;
+// client i uses the ID idFor(i), and got(i, session) receives its session
+// once CONNACK is in. It stops at the first error.
+func connectEach(addr string, n, workers int, idFor func(int) string, got func(int, *session)) error {
+	var next atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := &dialer{n: uint32(w * 977)}
+			for firstErr.Load() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				s, _, err := d.connect(addr, idFor(i))
+				if err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				got(i, s)
+			}
+		}()
+	}
+	wg.Wait()
+	if e := firstErr.Load(); e != nil {
+		return e.(error)
+	}
+	return nil
 }
 
 // cpuSeconds is the process's user+system CPU time, from /proc.

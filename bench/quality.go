@@ -3,8 +3,6 @@ package main
 import (
 	"fmt"
 	"math/rand/v2"
-	"sync"
-	"sync/atomic"
 
 	"github.com/mqtt-sticky/mqtt-sticky/internal/broker"
 )
@@ -39,31 +37,9 @@ func routeAll(addr string, brokers []*broker.Broker, ids []string) (map[string]s
 	for _, b := range brokers {
 		b.ResetRecords()
 	}
-	var next atomic.Int64
-	var firstErr atomic.Value
-	var wg sync.WaitGroup
-	for w := range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			d := &dialer{n: uint32(w * 977)}
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(ids) {
-					return
-				}
-				s, _, err := d.connect(addr, ids[i])
-				if err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-				s.close()
-			}
-		}()
-	}
-	wg.Wait()
-	if e := firstErr.Load(); e != nil {
-		return nil, e.(error)
+	err := connectEach(addr, len(ids), 64, func(i int) string { return ids[i] }, func(_ int, s *session) { s.close() })
+	if err != nil {
+		return nil, err
 	}
 	out := make(map[string]string, len(ids))
 	for _, b := range brokers {

@@ -64,14 +64,15 @@ func ParseConfig(raw []byte) (*Config, error) {
 			return nil, fmt.Errorf("filter_config has data after the JSON object")
 		}
 	}
-	c.setDefaults()
+	c.SetDefaults()
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-func (c *Config) setDefaults() {
+// SetDefaults fills in every field left empty.
+func (c *Config) SetDefaults() {
 	if c.HashKey == "" {
 		c.HashKey = defaultHashKey
 	}

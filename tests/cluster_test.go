@@ -11,73 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mqtt-sticky/mqtt-sticky/internal/broker"
 )
-
-// startClusteredBrokers starts n brokers in this process that require a
-// PROXY header and forward publishes to each other.
-func startClusteredBrokers(t *testing.T, n int) []*broker.Broker {
-	t.Helper()
-	var peers []string
-	for i := range n {
-		peers = append(peers, fmt.Sprintf("127.0.1.%d:28831", i+1))
-	}
-	var bs []*broker.Broker
-	for i := range n {
-		b, err := broker.Start(broker.Options{
-			Name:          fmt.Sprintf("b%d", i+1),
-			Listen:        fmt.Sprintf("127.0.1.%d:18831", i+1),
-			ProxyProtocol: broker.ProxyRequired,
-			ClusterListen: peers[i],
-			Peers:         peers,
-			Logger:        testLogger(t),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { b.Close() })
-		bs = append(bs, b)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for _, b := range bs {
-		for b.PeersConnected() != n-1 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d of %d peer links up", b.Name(), b.PeersConnected(), n-1)
-			}
-			time.Sleep(5 * time.Millisecond) // polling interval of a readiness check
-		}
-	}
-	return bs
-}
-
-// differentBrokerIDs returns two client IDs that Envoy sends to different
-// brokers.
-func differentBrokerIDs(t *testing.T, s *staticStack, a, b string) (string, string) {
-	t.Helper()
-	ctx := context.Background()
-	first := a + "-0"
-	if _, err := connectPaho(ctx, s.addr, source(0), first, 4); err != nil {
-		t.Fatal(err)
-	}
-	target := landedOn(s.brokers)[first]
-	for i := range 100 {
-		id := fmt.Sprintf("%s-%d", b, i)
-		if _, err := connectPaho(ctx, s.addr, source(1), id, 4); err != nil {
-			t.Fatal(err)
-		}
-		if got := landedOn(s.brokers)[id]; got != "" && got != target {
-			return first, id
-		}
-	}
-	t.Fatalf("every %s-* ID reached broker %s", b, target)
-	return "", ""
-}
 
 // A subscriber and a publisher whose client IDs hash to different brokers
 // still exchange messages through Envoy, each exactly once: the embedded
 // brokers behave as one cluster, like EMQX nodes.
 func TestClusterAcrossBrokersThroughEnvoy(t *testing.T) {
-	bs := startClusteredBrokers(t, 3)
+	bs := startBrokerSet(t, 3, true)
 	s := startStatic(t, bs, "")
 	subID, pubID := differentBrokerIDs(t, s, "cluster-sub", "cluster-pub")
 	on := landedOn(bs)

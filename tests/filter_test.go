@@ -89,6 +89,16 @@ func TestStickyRoutingByClientID(t *testing.T) {
 // sameBrokerIDs returns two client IDs, with the given prefixes, that the
 // running Envoy sends to the same broker, found by connecting candidates.
 func sameBrokerIDs(t *testing.T, s *staticStack, a, b string) (string, string) {
+	return pairIDs(t, s, a, b, true)
+}
+
+// differentBrokerIDs returns two client IDs that Envoy sends to different
+// brokers.
+func differentBrokerIDs(t *testing.T, s *staticStack, a, b string) (string, string) {
+	return pairIDs(t, s, a, b, false)
+}
+
+func pairIDs(t *testing.T, s *staticStack, a, b string, same bool) (string, string) {
 	t.Helper()
 	ctx := context.Background()
 	first := a + "-0"
@@ -101,11 +111,11 @@ func sameBrokerIDs(t *testing.T, s *staticStack, a, b string) (string, string) {
 		if _, err := connectPaho(ctx, s.addr, source(1), id, 4); err != nil {
 			t.Fatal(err)
 		}
-		if landedOn(s.brokers)[id] == target {
+		if got := landedOn(s.brokers)[id]; got != "" && (got == target) == same {
 			return first, id
 		}
 	}
-	t.Fatalf("no %s-* ID among 100 reached broker %s", b, target)
+	t.Fatalf("no %s-* ID among 100 found for broker %s (same broker: %v)", b, target, same)
 	return "", ""
 }
 
@@ -236,24 +246,11 @@ func TestSlowAndPipelinedConnect(t *testing.T) {
 }
 
 func subscribePacket(level mqtt.Level, id uint16, topic string) []byte {
-	body := []byte{byte(id >> 8), byte(id)}
-	if level == mqtt.Level5 {
-		body = append(body, 0) // no properties
-	}
-	body = append(body, byte(len(topic)>>8), byte(len(topic)))
-	body = append(body, topic...)
-	body = append(body, 0) // QoS 0
-	return append([]byte{0x82, byte(len(body))}, body...)
+	return mqtt.AppendSubscribe(nil, level, id, topic)
 }
 
 func publishPacket(level mqtt.Level, topic, payload string) []byte {
-	body := []byte{byte(len(topic) >> 8), byte(len(topic))}
-	body = append(body, topic...)
-	if level == mqtt.Level5 {
-		body = append(body, 0)
-	}
-	body = append(body, payload...)
-	return append([]byte{0x30, byte(len(body))}, body...)
+	return mqtt.AppendPublish(nil, level, topic, []byte(payload))
 }
 
 // Bad input closes that one connection before any broker connection is

@@ -8,9 +8,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -112,19 +110,42 @@ func envoyBinary(t testing.TB) string {
 // run, so the measured fractions of moved clients are reproducible.
 func startBrokers(t testing.TB, n int) []*broker.Broker {
 	t.Helper()
+	return startBrokerSet(t, n, false)
+}
+
+// startBrokerSet is startBrokers; with clustered set, the brokers also
+// link to each other on 127.0.1.i:28831 and forward publishes, and it
+// returns once every link is up.
+func startBrokerSet(t testing.TB, n int, clustered bool) []*broker.Broker {
+	t.Helper()
+	var peers []string
+	for i := range n {
+		peers = append(peers, fmt.Sprintf("127.0.1.%d:28831", i+1))
+	}
 	var bs []*broker.Broker
 	for i := range n {
-		b, err := broker.Start(broker.Options{
+		opts := broker.Options{
 			Name:          fmt.Sprintf("b%d", i+1),
 			Listen:        fmt.Sprintf("127.0.1.%d:18831", i+1),
 			ProxyProtocol: broker.ProxyRequired,
 			Logger:        testLogger(t),
-		})
+		}
+		if clustered {
+			opts.ClusterListen, opts.Peers = peers[i], peers
+		}
+		b, err := broker.Start(opts)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { b.Close() })
 		bs = append(bs, b)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, b := range bs {
+		if err := b.WaitPeers(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return bs
 }
@@ -453,30 +474,7 @@ func rawConnect(level mqtt.Level, clientID string) []byte {
 }
 
 // readPacket reads one MQTT packet: its first byte and its body.
-func readPacket(r *bufio.Reader) (byte, []byte, error) {
-	first, err := r.ReadByte()
-	if err != nil {
-		return 0, nil, err
-	}
-	var n, shift int
-	for i := 0; ; i++ {
-		b, err := r.ReadByte()
-		if err != nil {
-			return 0, nil, err
-		}
-		n |= int(b&0x7f) << shift
-		shift += 7
-		if b&0x80 == 0 {
-			break
-		}
-		if i == 3 {
-			return 0, nil, errors.New("bad remaining length")
-		}
-	}
-	body := make([]byte, n)
-	_, err = io.ReadFull(r, body)
-	return first, body, err
-}
+func readPacket(r *bufio.Reader) (byte, []byte, error) { return mqtt.ReadPacket(r) }
 
 // expectClosed reads until the peer closes, failing on data or timeout.
 func expectClosed(t testing.TB, c net.Conn, within time.Duration) {

@@ -71,25 +71,37 @@ func mqttStickyConfigNew(envoyConfig unsafe.Pointer, name *C.char, nameLen C.siz
 		return 0
 	}
 	cfg := &config{filter: fc}
-	for _, n := range filter.CounterNames() {
-		var id C.size_t
-		if r := C.envoy_dynamic_module_callback_network_filter_config_define_counter(C.envoy_network_filter_config_envoy_ptr(envoyConfig), moduleBuffer(n), &id); r != 0 {
-			hostLog(filter.LogError, fmt.Sprintf("mqtt_sticky: defining counter %s failed with metrics result %d", n, r))
-			return 0
-		}
-		cfg.counters = append(cfg.counters, id)
+	envoyCfg := C.envoy_network_filter_config_envoy_ptr(envoyConfig)
+	var ok bool
+	if cfg.counters, ok = defineMetrics("counter", filter.CounterNames(), func(name C.envoy_dynamic_module_type_module_buffer, id *C.size_t) C.envoy_metrics_result {
+		return C.envoy_dynamic_module_callback_network_filter_config_define_counter(envoyCfg, name, id)
+	}); !ok {
+		return 0
 	}
-	for _, n := range filter.GaugeNames() {
-		var id C.size_t
-		if r := C.envoy_dynamic_module_callback_network_filter_config_define_gauge(C.envoy_network_filter_config_envoy_ptr(envoyConfig), moduleBuffer(n), &id); r != 0 {
-			hostLog(filter.LogError, fmt.Sprintf("mqtt_sticky: defining gauge %s failed with metrics result %d", n, r))
-			return 0
-		}
-		cfg.gauges = append(cfg.gauges, id)
+	if cfg.gauges, ok = defineMetrics("gauge", filter.GaugeNames(), func(name C.envoy_dynamic_module_type_module_buffer, id *C.size_t) C.envoy_metrics_result {
+		return C.envoy_dynamic_module_callback_network_filter_config_define_gauge(envoyCfg, name, id)
+	}); !ok {
+		return 0
 	}
 	hostLog(filter.LogInfo, fmt.Sprintf("mqtt_sticky: filter config loaded: hash_key=%s empty_key=%s max_connect_bytes=%d connect_timeout_ms=%d",
 		fc.HashKey, fc.EmptyKey, fc.MaxConnectBytes, fc.ConnectTimeoutMs))
 	return C.uintptr_t(cgo.NewHandle(cfg))
+}
+
+// defineMetrics defines one metric per name while the config is created
+// (Envoy refuses definitions later) and returns their ids in order.
+func defineMetrics(kind string, names []string, define func(C.envoy_dynamic_module_type_module_buffer, *C.size_t) C.envoy_metrics_result) ([]C.size_t, bool) {
+	ids := make([]C.size_t, 0, len(names))
+	for _, n := range names {
+		var id C.size_t
+		if r := define(moduleBuffer(n), &id); r != 0 {
+			hostLog(filter.LogError, fmt.Sprintf("mqtt_sticky: defining %s %s failed with metrics result %d", kind, n, r))
+			return nil, false
+		}
+		runtime.KeepAlive(n)
+		ids = append(ids, id)
+	}
+	return ids, true
 }
 
 //export mqttStickyConfigDestroy

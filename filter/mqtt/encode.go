@@ -1,6 +1,9 @@
 package mqtt
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"io"
+)
 
 // ConnectPacket is a CONNECT to encode: the fields Parser reports plus the
 // ones it skips. Properties and WillProperties are raw MQTT 5 property
@@ -117,4 +120,66 @@ func appendVarint(dst []byte, v int) []byte {
 			return dst
 		}
 	}
+}
+
+// AppendSubscribe appends a SUBSCRIBE for one topic filter at QoS 0, as a
+// client sends it. Tests and the load generator use it.
+func AppendSubscribe(dst []byte, level Level, packetID uint16, filter string) []byte {
+	body := binary.BigEndian.AppendUint16(nil, packetID)
+	if level == Level5 {
+		body = append(body, 0) // no properties
+	}
+	body = appendString(body, filter)
+	body = append(body, 0) // QoS 0
+	dst = append(dst, 0x82)
+	dst = appendVarint(dst, len(body))
+	return append(dst, body...)
+}
+
+// AppendPublish appends a QoS 0 PUBLISH.
+func AppendPublish(dst []byte, level Level, topic string, payload []byte) []byte {
+	n := 2 + len(topic) + len(payload)
+	if level == Level5 {
+		n++ // empty property block
+	}
+	dst = append(dst, 0x30)
+	dst = appendVarint(dst, n)
+	dst = appendString(dst, topic)
+	if level == Level5 {
+		dst = append(dst, 0)
+	}
+	return append(dst, payload...)
+}
+
+// ByteReader is what ReadPacket reads from; *bufio.Reader is one.
+type ByteReader interface {
+	io.Reader
+	io.ByteReader
+}
+
+// ReadPacket reads one whole packet, as a client reads a broker's replies:
+// its first byte (type and flags) and its body.
+func ReadPacket(r ByteReader) (byte, []byte, error) {
+	first, err := r.ReadByte()
+	if err != nil {
+		return 0, nil, err
+	}
+	n, shift := 0, 0
+	for i := 0; ; i++ {
+		b, err := r.ReadByte()
+		if err != nil {
+			return 0, nil, err
+		}
+		n |= int(b&0x7f) << shift
+		shift += 7
+		if b&0x80 == 0 {
+			break
+		}
+		if i == 3 {
+			return 0, nil, ErrBadLength
+		}
+	}
+	body := make([]byte, n)
+	_, err = io.ReadFull(r, body)
+	return first, body, err
 }

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/url"
@@ -35,13 +36,11 @@ func startCluster(t *testing.T, n int) []*Broker {
 		t.Cleanup(func() { b.Close() })
 		bs = append(bs, b)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	for _, b := range bs {
-		for b.PeersConnected() != n-1 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d of %d peer links up", b.Name(), b.PeersConnected(), n-1)
-			}
-			time.Sleep(5 * time.Millisecond) // polling interval of a readiness check
+		if err := b.WaitPeers(ctx); err != nil {
+			t.Fatal(err)
 		}
 	}
 	return bs

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -153,6 +154,19 @@ func (b *Broker) PeersConnected() int {
 		}
 	}
 	return n
+}
+
+// WaitPeers blocks until every outgoing peer link is connected, or ctx
+// ends. Until then a client's publish may not reach every broker.
+func (b *Broker) WaitPeers(ctx context.Context) error {
+	for b.PeersConnected() != len(b.links) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("broker %s: %d of %d peer links up: %w", b.name, b.PeersConnected(), len(b.links), ctx.Err())
+		case <-time.After(5 * time.Millisecond): // polling interval of a readiness check
+		}
+	}
+	return nil
 }
 
 // Peers is the number of configured peers.

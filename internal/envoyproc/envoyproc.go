@@ -178,22 +178,16 @@ var adminClient = &http.Client{Timeout: 5 * time.Second}
 
 // Get fetches an admin path and returns the status and body.
 func (p *Process) Get(ctx context.Context, path string) (int, string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.opts.AdminAddr+path, nil)
-	if err != nil {
-		return 0, "", err
-	}
-	resp, err := adminClient.Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), err
+	return p.admin(ctx, http.MethodGet, path)
 }
 
 // Post sends an admin POST, such as /healthcheck/fail.
 func (p *Process) Post(ctx context.Context, path string) (int, string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+p.opts.AdminAddr+path, nil)
+	return p.admin(ctx, http.MethodPost, path)
+}
+
+func (p *Process) admin(ctx context.Context, method, path string) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+p.opts.AdminAddr+path, nil)
 	if err != nil {
 		return 0, "", err
 	}

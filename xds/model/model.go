@@ -208,7 +208,7 @@ func (m *Model) SetDefaults() {
 		if l.BufferLimitBytes == 0 {
 			l.BufferLimitBytes = DefaultListenerBuffer
 		}
-		fillFilterDefaults(&l.Filter)
+		l.Filter.SetDefaults()
 	}
 	for i := range m.Clusters {
 		c := &m.Clusters[i]
@@ -270,21 +270,6 @@ func (m *Model) SetDefaults() {
 				c.Endpoints[j].Weight = DefaultWeight
 			}
 		}
-	}
-}
-
-func fillFilterDefaults(f *filter.Config) {
-	if f.HashKey == "" {
-		f.HashKey = filter.HashClientID
-	}
-	if f.EmptyKey == "" {
-		f.EmptyKey = filter.EmptyAny
-	}
-	if f.MaxConnectBytes == 0 {
-		f.MaxConnectBytes = filter.DefaultMaxConnectBytes
-	}
-	if f.ConnectTimeoutMs == 0 {
-		f.ConnectTimeoutMs = filter.DefaultConnectTimeoutMs
 	}
 }
 
