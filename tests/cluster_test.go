@@ -10,7 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
 )
 
 // A subscriber and a publisher whose client IDs hash to different brokers
