@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -287,5 +288,29 @@ func TestAllocations(t *testing.T) {
 		if allocs > 1 {
 			t.Errorf("Feed allocates %.0f times per CONNECT, want at most 1", allocs)
 		}
+	}
+}
+
+func TestClientPackets(t *testing.T) {
+	var stream []byte
+	stream = AppendSubscribe(stream, Level311, 7, "a/b")
+	stream = AppendPublish(stream, Level5, "t", []byte("xy"))
+	stream = AppendPublish(stream, Level311, "t", bytes.Repeat([]byte{1}, 200)) // two-byte Remaining Length
+	r := bufio.NewReader(bytes.NewReader(stream))
+	for _, want := range []struct {
+		first byte
+		body  []byte
+	}{
+		{0x82, []byte{0, 7, 0, 3, 'a', '/', 'b', 0}},
+		{0x30, []byte{0, 1, 't', 0, 'x', 'y'}},
+		{0x30, append([]byte{0, 1, 't'}, bytes.Repeat([]byte{1}, 200)...)},
+	} {
+		first, body, err := ReadPacket(r)
+		if err != nil || first != want.first || !bytes.Equal(body, want.body) {
+			t.Errorf("ReadPacket = %#x % x, %v; want %#x % x", first, body, err, want.first, want.body)
+		}
+	}
+	if _, _, err := ReadPacket(bufio.NewReader(bytes.NewReader([]byte{0x30, 0x80, 0x80, 0x80, 0x80}))); !errors.Is(err, ErrBadLength) {
+		t.Errorf("5-byte Remaining Length: %v", err)
 	}
 }
