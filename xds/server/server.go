@@ -93,8 +93,12 @@ func (s *Server) Version() uint64 {
 func (s *Server) Update(m *model.Model, version uint64, persist func() error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, err := translate.Translate(m, "validation"); err != nil {
-		return err
+	// Each node's translation validates the model; with no node yet,
+	// translate once for the check alone.
+	if len(s.nodes) == 0 {
+		if _, err := translate.Translate(m, "validation"); err != nil {
+			return err
+		}
 	}
 	snaps := map[string]*cachev3.Snapshot{}
 	for node := range s.nodes {
