@@ -9,6 +9,7 @@
 package filter
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
@@ -299,7 +300,7 @@ func (f *Filter) refuse(c Counter, what, detail string) {
 			msg += " (client " + joinHostPort(ip, port) + ")"
 		}
 		if n := logLimiter.takeSuppressed(); n > 0 {
-			msg += "; " + itoa(n) + " similar lines suppressed"
+			msg += "; " + strconv.Itoa(n) + " similar lines suppressed"
 		}
 		f.conn.Log(LogInfo, msg)
 	}

@@ -50,5 +50,3 @@ func (l *limiter) takeSuppressed() int {
 func joinHostPort(ip string, port uint32) string {
 	return net.JoinHostPort(ip, strconv.FormatUint(uint64(port), 10))
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -17,7 +18,6 @@ import (
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
-	"github.com/mqtt-sticky/mqtt-sticky/internal/broker"
 )
 
 // 1,000 client IDs connect three times each, half with MQTT 3.1.1 and half
@@ -372,7 +372,7 @@ func TestEmptyClientIDRejected(t *testing.T) {
 		}
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		got := make([]byte, len(tt.want))
-		if _, err := io_ReadFull(c, got); err != nil || !bytes.Equal(got, tt.want) {
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, tt.want) {
 			t.Errorf("MQTT %s: CONNACK % x, %v; want % x", tt.level, got, err, tt.want)
 		}
 		expectClosed(t, c, 5*time.Second)
@@ -538,17 +538,3 @@ func lastLines(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
-
-func io_ReadFull(c net.Conn, b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		m, err := c.Read(b[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
-}
-
-var _ = broker.ProxyRequired

@@ -7,7 +7,6 @@ package tests
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -491,14 +490,6 @@ func expectClosed(t testing.TB, c net.Conn, within time.Duration) {
 	if err == nil {
 		t.Fatal("read returned no data and no error")
 	}
-}
-
-func mustJSON(v any) string {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
-	}
-	return string(b)
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }

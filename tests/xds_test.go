@@ -214,7 +214,6 @@ func TestBrokerFailureMovesOnlyItsClients(t *testing.T) {
 	victim := brokers[1]
 	victimAddr := victim.Addr()
 	victim.Close()
-	killed := time.Now()
 	rest := []*broker.Broker{brokers[0], brokers[2]}
 	detect := envoy.waitHosts(t, cp, rest, 10*time.Second)
 	// Worst case: the failure lands just after a probe, then threshold probes fail.
@@ -223,7 +222,6 @@ func TestBrokerFailureMovesOnlyItsClients(t *testing.T) {
 	if detect > limit {
 		t.Errorf("detection took %v, want at most %v", detect, limit)
 	}
-	_ = killed
 
 	during := connectAll(t, addr, rest, ids, 1)
 	for _, id := range ids {

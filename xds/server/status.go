@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -193,21 +194,7 @@ func (t *tracker) snapshot() []NodeStatus {
 }
 
 func formatVersion(major, minor, patch uint32) string {
-	return itoa(major) + "." + itoa(minor) + "." + itoa(patch)
-}
-
-func itoa(v uint32) string {
-	if v == 0 {
-		return "0"
-	}
-	var b [10]byte
-	i := len(b)
-	for v > 0 {
-		i--
-		b[i] = byte('0' + v%10)
-		v /= 10
-	}
-	return string(b[i:])
+	return fmt.Sprintf("%d.%d.%d", major, minor, patch)
 }
 
 // callbacks connects go-control-plane's stream events to the tracker, and

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -103,7 +104,7 @@ func lineDiff(want, got string) string {
 			gl = g[i]
 		}
 		if wl != gl {
-			b.WriteString("line " + itoa(i+1) + ":\n  want: " + wl + "\n   got: " + gl + "\n")
+			b.WriteString("line " + strconv.Itoa(i+1) + ":\n  want: " + wl + "\n   got: " + gl + "\n")
 			if b.Len() > 2000 {
 				break
 			}
@@ -111,8 +112,6 @@ func lineDiff(want, got string) string {
 	}
 	return b.String()
 }
-
-func itoa(i int) string { b, _ := json.Marshal(i); return string(b) }
 
 // Invalid models are refused before anything is built, with a message that
 // names the problem.
