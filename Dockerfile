@@ -22,7 +22,7 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN go build -buildmode=c-shared -o /out/libmqtt_sticky.so ./filter/module
+RUN go build -tags mqtt_sticky_module -buildmode=c-shared -o /out/libmqtt_sticky.so ./filter/module
 
 FROM ${ENVOY_IMAGE} AS envoy
 COPY --from=module /out/libmqtt_sticky.so /usr/local/lib/envoy/libmqtt_sticky.so

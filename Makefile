@@ -24,7 +24,7 @@ help: ## list the targets
 
 filter: ## build the Envoy dynamic module, build/libmqtt_sticky.so
 	@mkdir -p build
-	$(GO) build -buildmode=c-shared -o $(MODULE) ./filter/module
+	$(GO) build -tags mqtt_sticky_module -buildmode=c-shared -o $(MODULE) ./filter/module
 	@rm -f build/libmqtt_sticky.h
 
 build: ## build the CLI, build/mqtt-sticky (serve, endpoints, status, broker, run)
@@ -61,10 +61,10 @@ bench-quick: filter envoy ## quick benchmark run (under 5 minutes); writes build
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) vet -tags mqtt_sticky_panic_hook ./filter/...
+	$(GO) vet -tags mqtt_sticky_module,mqtt_sticky_panic_hook ./filter/...
 
-unit: ## unit and golden tests (no Envoy needed)
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v /tests)
+unit: ## unit and golden tests with the race detector (no Envoy needed)
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /tests)
 
 golden: ## regenerate the xDS golden files after an intended change (review the diff)
 	$(GO) test ./xds/translate -run TestGolden -update

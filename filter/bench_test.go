@@ -1,6 +1,7 @@
 package filter
 
 import (
+	"github.com/mqtt-sticky/mqtt-sticky/contract"
 	"testing"
 
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
@@ -10,7 +11,7 @@ import (
 // routing. In Envoy such reads stop in the C shim and never enter Go; this
 // measures the decision the Go filter would make, for comparison.
 func BenchmarkRoutedRead(b *testing.B) {
-	cfg, _ := ParseConfig(nil)
+	cfg, _ := contract.ParseConfig(nil)
 	c := newFake()
 	f := New(cfg, c)
 	f.OnNewConnection()
@@ -29,7 +30,7 @@ func BenchmarkRoutedRead(b *testing.B) {
 // BenchmarkRouteConnection is the Go-side work for one connection: new
 // connection, one read holding the whole CONNECT, routing.
 func BenchmarkRouteConnection(b *testing.B) {
-	cfg, _ := ParseConfig(nil)
+	cfg, _ := contract.ParseConfig(nil)
 	pkt := [][]byte{connect(mqtt.Level311, "sensor-7f3a9c21-kitchen", "fleet-a")}
 	c := newFake()
 	b.ReportAllocs()

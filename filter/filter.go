@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/mqtt-sticky/mqtt-sticky/contract"
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
 )
 
@@ -29,10 +30,6 @@ const (
 	// without calling it again, and it may be released.
 	Routed
 )
-
-// MetadataNamespace is the dynamic metadata namespace the filter writes,
-// e.g. %DYNAMIC_METADATA(mqtt:client_id)% in an access log.
-const MetadataNamespace = "mqtt"
 
 // LogLevel mirrors Envoy's log levels.
 type LogLevel int
@@ -87,7 +84,7 @@ const (
 // Filter is one connection's filter. It is not safe for concurrent use;
 // Envoy calls it from one worker thread.
 type Filter struct {
-	cfg     *Config
+	cfg     *contract.Config
 	conn    Conn
 	state   state
 	parser  mqtt.Parser
@@ -96,7 +93,7 @@ type Filter struct {
 }
 
 // New returns the filter for a new connection.
-func New(cfg *Config, conn Conn) *Filter {
+func New(cfg *contract.Config, conn Conn) *Filter {
 	f := &Filter{cfg: cfg, conn: conn}
 	f.parser.MaxPacketSize = cfg.MaxConnectBytes
 	return f
@@ -196,16 +193,16 @@ func (f *Filter) route(c *mqtt.Connect) Status {
 		beforeRoute(c)
 	}
 	key := c.ClientID
-	if f.cfg.HashKey == HashUsername {
+	if f.cfg.HashKey == contract.KeyUsername {
 		key = c.Username
 	}
 	if key == "" {
 		f.conn.Inc(EmptyKeyCount)
 		switch f.cfg.EmptyKey {
-		case EmptyReject:
+		case contract.EmptyReject:
 			f.rejectEmptyKey(c.Level)
 			return Stop
-		case EmptySourceIP:
+		case contract.EmptySourceIP:
 			if ip, _, ok := f.conn.RemoteAddress(); ok {
 				key = ip
 			}
@@ -214,7 +211,7 @@ func (f *Filter) route(c *mqtt.Connect) Status {
 	if key != "" && !f.conn.SetHashKey(key) {
 		// Without the key tcp_proxy would pick a random broker and the
 		// client's session would silently move: fail closed instead.
-		f.refuse(RejectInternal, "Envoy refused the routing key", "is the envoy.hashable_string object factory linked in?")
+		f.refuse(RejectInternal, "Envoy refused the routing key", "is the "+contract.FilterStateKey+" object factory linked in?")
 		return Stop
 	}
 	f.conn.SetMetadata("client_id", c.ClientID)
@@ -241,11 +238,11 @@ func (f *Filter) route(c *mqtt.Connect) Status {
 func (f *Filter) rejectEmptyKey(level mqtt.Level) {
 	var code byte
 	switch {
-	case level == mqtt.Level5 && f.cfg.HashKey == HashUsername:
+	case level == mqtt.Level5 && f.cfg.HashKey == contract.KeyUsername:
 		code = mqtt.ReasonBadUserNameOrPassword
 	case level == mqtt.Level5:
 		code = mqtt.ReasonClientIdentifierInvalid
-	case f.cfg.HashKey == HashUsername:
+	case f.cfg.HashKey == contract.KeyUsername:
 		code = mqtt.ConnackBadUsernameOrPassword
 	default:
 		code = mqtt.ConnackIdentifierRejected

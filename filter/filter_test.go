@@ -2,6 +2,7 @@ package filter
 
 import (
 	"bytes"
+	"github.com/mqtt-sticky/mqtt-sticky/contract"
 	"strings"
 	"testing"
 	"time"
@@ -59,7 +60,7 @@ func (c *fakeConn) DisarmTimer()               { c.timer = 0 }
 
 func newFilter(t *testing.T, cfgJSON string) (*Filter, *fakeConn) {
 	t.Helper()
-	cfg, err := ParseConfig([]byte(cfgJSON))
+	cfg, err := contract.ParseConfig([]byte(cfgJSON))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +271,7 @@ func TestEmptyKeyPolicies(t *testing.T) {
 }
 
 func TestRefusedKeyFailsClosed(t *testing.T) {
-	cfg, _ := ParseConfig(nil)
+	cfg, _ := contract.ParseConfig(nil)
 	c := newFake()
 	c.refuseKey = true
 	f := New(cfg, c)
@@ -282,7 +283,7 @@ func TestRefusedKeyFailsClosed(t *testing.T) {
 }
 
 func TestReadDisabledIsLoud(t *testing.T) {
-	cfg, _ := ParseConfig(nil)
+	cfg, _ := contract.ParseConfig(nil)
 	c := newFake()
 	c.readDisabled = true
 	f := New(cfg, c)

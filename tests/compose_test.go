@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/mqtt-sticky/mqtt-sticky/contract"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/envoyproc"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 )
@@ -154,7 +155,7 @@ func TestComposeFilesAgree(t *testing.T) {
 		if !published[l.Port] {
 			t.Errorf("MQTT listener port %d is not published", l.Port)
 		}
-		if l.ModuleName != "mqtt_sticky" {
+		if l.ModuleName != contract.ModuleName {
 			t.Errorf("listener %s loads module %q", l.Name, l.ModuleName)
 		}
 	}

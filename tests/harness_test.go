@@ -81,11 +81,9 @@ func buildModule(tags ...string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	args := []string{"build", "-buildmode=c-shared", "-o", filepath.Join(dir, "libmqtt_sticky.so")}
-	if len(tags) > 0 {
-		args = append(args, "-tags", strings.Join(tags, ","))
-	}
-	cmd := exec.Command("go", append(args, "./filter/module")...)
+	tags = append([]string{"mqtt_sticky_module"}, tags...)
+	args := []string{"build", "-buildmode=c-shared", "-tags", strings.Join(tags, ","), "-o", filepath.Join(dir, "libmqtt_sticky.so"), "./filter/module"}
+	cmd := exec.Command("go", args...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("%v\n%s", err, out)

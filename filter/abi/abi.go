@@ -23,16 +23,9 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/mqtt-sticky/mqtt-sticky/contract"
 	"github.com/mqtt-sticky/mqtt-sticky/filter"
 )
-
-// FilterName is the filter_name the module answers to.
-const FilterName = "mqtt_sticky"
-
-// hashableStringKey names both the object factory that builds a hashable
-// string filter state and the key it is stored under; tcp_proxy's
-// hash_policy filter_state key must be the same string.
-const hashableStringKey = "envoy.hashable_string"
 
 // Statuses returned to shim.c; 0 and 1 are Envoy's Continue and
 // StopIteration, 2 is shim.c's MQTT_STICKY_ROUTED.
@@ -47,7 +40,7 @@ const timerEvent = 1
 
 // config is the module's side of one filter config.
 type config struct {
-	filter   *filter.Config
+	filter   *contract.Config
 	counters []C.size_t // Envoy's ids, indexed by filter.Counter
 	gauges   []C.size_t // indexed by filter.Gauge
 }
@@ -61,11 +54,11 @@ func mqttStickyConfigNew(envoyConfig unsafe.Pointer, name *C.char, nameLen C.siz
 		}
 	}()
 	filterName := C.GoStringN(name, C.int(nameLen))
-	if filterName != FilterName {
-		hostLog(filter.LogError, fmt.Sprintf("mqtt_sticky: unknown filter_name %q: this module provides %q", filterName, FilterName))
+	if filterName != contract.FilterName {
+		hostLog(filter.LogError, fmt.Sprintf("mqtt_sticky: unknown filter_name %q: this module provides %q", filterName, contract.FilterName))
 		return 0
 	}
-	fc, err := filter.ParseConfig(C.GoBytes(unsafe.Pointer(raw), C.int(rawLen)))
+	fc, err := contract.ParseConfig(C.GoBytes(unsafe.Pointer(raw), C.int(rawLen)))
 	if err != nil {
 		hostLog(filter.LogError, "mqtt_sticky: rejecting filter_config: "+err.Error())
 		return 0
@@ -269,19 +262,19 @@ func (c *conn) chunkViews(chunks *C.envoy_dynamic_module_type_envoy_buffer, n in
 }
 
 func (c *conn) SetHashKey(key string) bool {
-	ok := C.envoy_dynamic_module_callback_network_set_filter_state_typed(c.envoy, moduleBuffer(hashableStringKey), moduleBuffer(key))
+	ok := C.envoy_dynamic_module_callback_network_set_filter_state_typed(c.envoy, moduleBuffer(contract.FilterStateKey), moduleBuffer(key))
 	runtime.KeepAlive(key)
 	return bool(ok)
 }
 
 func (c *conn) SetMetadata(key, value string) {
-	C.envoy_dynamic_module_callback_network_set_dynamic_metadata_string(c.envoy, moduleBuffer(filter.MetadataNamespace), moduleBuffer(key), moduleBuffer(value))
+	C.envoy_dynamic_module_callback_network_set_dynamic_metadata_string(c.envoy, moduleBuffer(contract.MetadataNamespace), moduleBuffer(key), moduleBuffer(value))
 	runtime.KeepAlive(key)
 	runtime.KeepAlive(value)
 }
 
 func (c *conn) SetMetadataNumber(key string, value float64) {
-	C.envoy_dynamic_module_callback_network_set_dynamic_metadata_number(c.envoy, moduleBuffer(filter.MetadataNamespace), moduleBuffer(key), C.double(value))
+	C.envoy_dynamic_module_callback_network_set_dynamic_metadata_number(c.envoy, moduleBuffer(contract.MetadataNamespace), moduleBuffer(key), C.double(value))
 	runtime.KeepAlive(key)
 }
 

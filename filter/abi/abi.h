@@ -1,8 +1,9 @@
 // The subset of Envoy's dynamic-module ABI (source/extensions/dynamic_modules/
 // abi/abi.h in Envoy's repository) that mqtt_sticky uses, declared once here
 // and nowhere else. Layouts, names and enum values must match the Envoy
-// binary; `make check-abi` compares the symbols the module imports with the
-// ones Envoy exports.
+// binary; tests/abi_test.go (TestModuleImportsOnlyEnvoyExports, part of
+// `make e2e`) checks every symbol the module imports against the ones the
+// Envoy binary exports.
 #ifndef MQTT_STICKY_ABI_H
 #define MQTT_STICKY_ABI_H
 

@@ -16,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mqtt-sticky/mqtt-sticky/filter"
+	"github.com/mqtt-sticky/mqtt-sticky/contract"
 )
 
 // Model is the whole fleet configuration.
@@ -33,7 +33,7 @@ type Listener struct {
 	Cluster string `json:"cluster"` // the broker cluster clients are sent to
 	// Filter holds the mqtt_sticky filter's options, with the same JSON keys
 	// as the filter's own config.
-	Filter filter.Config `json:"filter"`
+	Filter contract.Config `json:"filter"`
 	// BufferLimitBytes bounds what Envoy buffers per client connection.
 	BufferLimitBytes uint32 `json:"buffer_limit_bytes,omitempty"`
 	// ModuleName is the dynamic module Envoy loads (lib<name>.so from
@@ -151,7 +151,7 @@ func (e Endpoint) Key() string {
 const (
 	DefaultListenerName   = "mqtt"
 	DefaultClusterName    = "brokers"
-	DefaultModuleName     = "mqtt_sticky"
+	DefaultModuleName     = contract.ModuleName
 	DefaultPointsPerHost  = 1024
 	DefaultMaglevTable    = 65537
 	DefaultWeight         = 1

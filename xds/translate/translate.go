@@ -33,22 +33,16 @@ import (
 	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/mqtt-sticky/mqtt-sticky/contract"
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 )
-
-// HashKey is the filter-state key mqtt_sticky stores its routing key under
-// and tcp_proxy hashes on. It is also the name of the object factory that
-// makes the value hashable.
-const HashKey = "envoy.hashable_string"
-
-// MetricsNamespace prefixes the filter's counters in Envoy's stats.
-const MetricsNamespace = "mqtt_sticky"
 
 // Resources are the Envoy resources for one node, each list sorted by name.
 type Resources struct {
@@ -96,7 +90,7 @@ func validate(res types.Resource) error {
 		return nil
 	}
 	if err := v.ValidateAll(); err != nil {
-		return fmt.Errorf("%w: generated %T %q fails Envoy's validation: %v", model.ErrInvalid, res, nameOf(res), err)
+		return fmt.Errorf("%w: generated %T %q fails Envoy's validation: %v", model.ErrInvalid, res, cachev3.GetResourceName(res), err)
 	}
 	return nil
 }
@@ -107,7 +101,7 @@ func buildListener(l *model.Listener, c *model.Cluster) *listenerv3.Listener {
 		StatPrefix:       l.Name,
 		ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: c.Name},
 		HashPolicy: []*typev3.HashPolicy{{
-			PolicySpecifier: &typev3.HashPolicy_FilterState_{FilterState: &typev3.HashPolicy_FilterState{Key: HashKey}},
+			PolicySpecifier: &typev3.HashPolicy_FilterState_{FilterState: &typev3.HashPolicy_FilterState{Key: contract.FilterStateKey}},
 		}},
 		IdleTimeout: durationpb.New(c.IdleTimeout.D()),
 		// Without it tcp_proxy stops reading from the client when the
@@ -128,12 +122,12 @@ func buildListener(l *model.Listener, c *model.Cluster) *listenerv3.Listener {
 					ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&dmfilterv3.DynamicModuleNetworkFilter{
 						DynamicModuleConfig: &dynmodv3.DynamicModuleConfig{
 							Name:             l.ModuleName,
-							MetricsNamespace: MetricsNamespace,
+							MetricsNamespace: contract.MetricsNamespace,
 							// A Go runtime cannot be unloaded: keep the module
 							// loaded when a listener update drops the last user.
 							DoNotClose: true,
 						},
-						FilterName:   "mqtt_sticky",
+						FilterName:   contract.FilterName,
 						FilterConfig: mustAny(wrapperspb.String(string(filterJSON))),
 					})},
 				},
@@ -354,18 +348,8 @@ func mustAny(m proto.Message) *anypb.Any {
 	return a
 }
 
-func nameOf(r types.Resource) string {
-	switch r := r.(type) {
-	case *listenerv3.Listener:
-		return r.GetName()
-	case *clusterv3.Cluster:
-		return r.GetName()
-	case *endpointv3.ClusterLoadAssignment:
-		return r.GetClusterName()
-	}
-	return ""
-}
-
 func sortByName(rs []types.Resource) {
-	slices.SortFunc(rs, func(a, b types.Resource) int { return strings.Compare(nameOf(a), nameOf(b)) })
+	slices.SortFunc(rs, func(a, b types.Resource) int {
+		return strings.Compare(cachev3.GetResourceName(a), cachev3.GetResourceName(b))
+	})
 }

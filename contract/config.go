@@ -1,4 +1,4 @@
-package filter
+package contract
 
 import (
 	"bytes"
@@ -7,12 +7,14 @@ import (
 	"time"
 )
 
-// HashKey names the CONNECT field that picks the broker.
-type HashKey string
+// KeySource names what the routing key is taken from: a CONNECT field.
+// (The config key is hash_key; the filter-state key the result is stored
+// under is FilterStateKey.)
+type KeySource string
 
 const (
-	HashClientID HashKey = "client_id"
-	HashUsername HashKey = "username"
+	KeyClientID KeySource = "client_id"
+	KeyUsername KeySource = "username"
 )
 
 // EmptyKeyPolicy says what to do when the hash key field is empty, as it is
@@ -37,13 +39,13 @@ const (
 	maxMaxConnectBytes  = 268_435_455 + 5 // the largest packet MQTT can express
 	maxConnectTimeoutMs = 10 * 60 * 1000  // ten minutes: longer only helps slowloris
 	defaultKeyPolicy    = EmptyAny        // an assigned ID has no session to keep
-	defaultHashKey      = HashClientID
+	defaultKeySource    = KeyClientID
 )
 
 // Config is the filter's configuration: the JSON carried in the Envoy
 // filter_config (a google.protobuf.StringValue). Every field is optional.
 type Config struct {
-	HashKey          HashKey        `json:"hash_key,omitempty"`
+	HashKey          KeySource      `json:"hash_key,omitempty"`
 	EmptyKey         EmptyKeyPolicy `json:"empty_key,omitempty"`
 	MaxConnectBytes  int            `json:"max_connect_bytes,omitempty"`
 	ConnectTimeoutMs int            `json:"connect_timeout_ms,omitempty"`
@@ -74,7 +76,7 @@ func ParseConfig(raw []byte) (*Config, error) {
 // SetDefaults fills in every field left empty.
 func (c *Config) SetDefaults() {
 	if c.HashKey == "" {
-		c.HashKey = defaultHashKey
+		c.HashKey = defaultKeySource
 	}
 	if c.EmptyKey == "" {
 		c.EmptyKey = defaultKeyPolicy
@@ -91,9 +93,9 @@ func (c *Config) SetDefaults() {
 // the field and the values it accepts.
 func (c *Config) Validate() error {
 	switch c.HashKey {
-	case HashClientID, HashUsername:
+	case KeyClientID, KeyUsername:
 	default:
-		return fmt.Errorf("hash_key %q: must be %q or %q", c.HashKey, HashClientID, HashUsername)
+		return fmt.Errorf("hash_key %q: must be %q or %q", c.HashKey, KeyClientID, KeyUsername)
 	}
 	switch c.EmptyKey {
 	case EmptyAny, EmptySourceIP, EmptyReject:

@@ -1,4 +1,4 @@
-package filter
+package contract
 
 import (
 	"strings"
@@ -11,7 +11,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", in, err)
 		}
-		want := Config{HashKey: HashClientID, EmptyKey: EmptyAny, MaxConnectBytes: 65536, ConnectTimeoutMs: 10000}
+		want := Config{HashKey: KeyClientID, EmptyKey: EmptyAny, MaxConnectBytes: 65536, ConnectTimeoutMs: 10000}
 		if *c != want {
 			t.Errorf("%q: %+v, want %+v", in, *c, want)
 		}
@@ -23,7 +23,7 @@ func TestParseConfigValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.HashKey != HashUsername || c.EmptyKey != EmptyReject || c.MaxConnectBytes != 1024 || c.ConnectTimeout().Milliseconds() != 500 {
+	if c.HashKey != KeyUsername || c.EmptyKey != EmptyReject || c.MaxConnectBytes != 1024 || c.ConnectTimeout().Milliseconds() != 500 {
 		t.Errorf("%+v", *c)
 	}
 }

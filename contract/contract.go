@@ -1,0 +1,28 @@
+// Package contract holds what the control plane and the Envoy module must
+// agree on: the names that appear on both sides of an Envoy config, and the
+// filter's own configuration. Package filter (inside Envoy) and package
+// xds/translate (in the control plane) both import it, and nothing else of
+// each other.
+package contract
+
+// ModuleName is the dynamic module's name: Envoy loads lib<ModuleName>.so
+// from ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
+const ModuleName = "mqtt_sticky"
+
+// FilterName is the filter_name the module answers to.
+const FilterName = "mqtt_sticky"
+
+// MetricsNamespace prefixes the filter's counters and gauges in Envoy's
+// stats (mqtt_sticky.connect_mqtt311, ...).
+const MetricsNamespace = "mqtt_sticky"
+
+// FilterStateKey is the filter-state key the routing key is stored under,
+// and the one tcp_proxy's hash_policy must read. It is also the name of the
+// object factory that makes the stored value hashable: Envoy's typed
+// filter-state setter finds the factory by the key's name, and a plain
+// string would give tcp_proxy no hash at all.
+const FilterStateKey = "envoy.hashable_string"
+
+// MetadataNamespace is the dynamic metadata namespace the filter writes,
+// e.g. %DYNAMIC_METADATA(mqtt:client_id)% in an access log.
+const MetadataNamespace = "mqtt"

@@ -1,0 +1,92 @@
+package model
+
+import (
+	"errors"
+	"testing"
+)
+
+// Invalid models are refused before anything is built, with a message that
+// names the problem.
+func TestInvalidModels(t *testing.T) {
+	base := `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, endpoints: [{address: 127.0.0.1, port: 18831}]}]
+`
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"no listeners", `clusters: [{name: brokers}]`, "invalid configuration: no listeners: define at least one"},
+		{"unknown key", base + "listner: x\n", `invalid configuration: error unmarshaling JSON: while decoding JSON: json: unknown field "listner"`},
+		{"listener port", `
+listeners: [{name: mqtt, port: 70000}]
+clusters: [{name: brokers}]`, `invalid configuration: listener "mqtt": port 70000 is out of range 1-65535`},
+		{"unknown cluster", `
+listeners: [{name: mqtt, port: 1883, cluster: nowhere}]
+clusters: [{name: brokers}]`, `invalid configuration: listener "mqtt": cluster "nowhere" is not defined`},
+		{"duplicate bind", `
+listeners: [{name: a, port: 1883}, {name: b, port: 1883}]
+clusters: [{name: brokers}]`, `invalid configuration: listener "b": 0.0.0.0:1883 is already used by listener "a"`},
+		{"filter option", `
+listeners: [{name: mqtt, port: 1883, filter: {empty_key: drop}}]
+clusters: [{name: brokers}]`, `invalid configuration: listener "mqtt": filter: empty_key "drop": must be "any", "source_ip" or "reject"`},
+		{"hostname endpoint", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, endpoints: [{address: emqx1, port: 1883}]}]`, `invalid configuration: cluster "brokers": endpoint address "emqx1" is not an IP address (Envoy does not resolve names in EDS; give the broker a fixed IP)`},
+		{"endpoint port", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, endpoints: [{address: 127.0.0.1, port: 0}]}]`, `invalid configuration: cluster "brokers": endpoint 127.0.0.1: port 0 is out of range 1-65535`},
+		{"duplicate endpoint", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, endpoints: [{address: 127.0.0.1, port: 1}, {address: 127.0.0.1, port: 1, weight: 3}]}]`, `invalid configuration: cluster "brokers": endpoint 127.0.0.1:1 is listed twice`},
+		{"weight", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, endpoints: [{address: 127.0.0.1, port: 1, weight: 500}]}]`, `invalid configuration: cluster "brokers": endpoint 127.0.0.1:1: weight 500 must be between 1 and 128`},
+		{"lb policy", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, lb_policy: round_robin}]`, `invalid configuration: cluster "brokers": lb_policy "round_robin" must be "maglev" or "ring_hash"`},
+		{"maglev table not prime", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, maglev_table_size: 65536}]`, `invalid configuration: cluster "brokers": maglev_table_size 65536 must be a prime no larger than 5000011 (65537 is a good choice)`},
+		{"points on maglev", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, points_per_host: 10}]`, `invalid configuration: cluster "brokers": points_per_host applies to ring_hash only`},
+		{"hash balance", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, hash_balance_factor: 50}]`, `invalid configuration: cluster "brokers": hash_balance_factor 50 must be 0 (off) or at least 100`},
+		{"proxy protocol", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, proxy_protocol: v3}]`, `invalid configuration: cluster "brokers": proxy_protocol "v3" must be v1, v2 or off`},
+		{"health timeout", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, health_check: {type: mqtt, interval: 1s, timeout: 2s}}]`, `invalid configuration: cluster "brokers": health_check interval 1s and timeout 2s: need interval >= 100ms and 10ms <= timeout <= interval`},
+		{"bad duration", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, idle_timeout: forever}]`, `invalid configuration: error unmarshaling JSON: while decoding JSON: duration "forever": time: invalid duration "forever" (write it like "5s" or "1m30s")`},
+		{"idle timeout", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, idle_timeout: 10ms}]`, `invalid configuration: cluster "brokers": idle_timeout 10ms is shorter than 1s; it must exceed 1.5 x the longest MQTT keepalive`},
+		{"connect bigger than buffer", `
+listeners: [{name: mqtt, port: 1883, buffer_limit_bytes: 4096}]
+clusters: [{name: brokers}]`, `invalid configuration: listener "mqtt": filter max_connect_bytes 65536 exceeds buffer_limit_bytes 4096: Envoy would stop reading before the CONNECT is complete`},
+		{"ring too big", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, lb_policy: ring_hash, points_per_host: 65536, endpoints: [{address: 10.0.0.1, port: 1, weight: 128}, {address: 10.0.0.2, port: 1}]}]`, `invalid configuration: cluster "brokers": ring of 8454144 entries exceeds Envoy's maximum of 8388608: lower points_per_host`},
+		{"panic threshold", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, healthy_panic_threshold: 120}]`, `invalid configuration: cluster "brokers": healthy_panic_threshold 120 is a percentage (0-100)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseFile([]byte(tt.yaml))
+			if err == nil {
+				t.Fatalf("accepted; want %q", tt.want)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %v does not wrap ErrInvalid", err)
+			}
+			if err.Error() != tt.want {
+				t.Errorf("error:\n got %s\nwant %s", err, tt.want)
+			}
+		})
+	}
+}
