@@ -4,8 +4,10 @@
 package api
 
 import (
+	"context"
 	_ "embed"
 
+	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/server"
 )
@@ -15,23 +17,16 @@ import (
 //go:embed openapi.yaml
 var Spec []byte
 
-// Endpoint is one broker, as the API reads and writes it.
-type Endpoint struct {
-	Address string `json:"address"`
-	Port    int    `json:"port"`
-	Weight  uint32 `json:"weight,omitempty"`
-}
-
 // EndpointSet is the body of PUT /v1/clusters/{name}/endpoints.
 type EndpointSet struct {
-	Endpoints []Endpoint `json:"endpoints"`
+	Endpoints []model.Endpoint `json:"endpoints"`
 }
 
 // EndpointList is a cluster's endpoints at a version.
 type EndpointList struct {
-	Cluster   string     `json:"cluster"`
-	Version   uint64     `json:"version"`
-	Endpoints []Endpoint `json:"endpoints"`
+	Cluster   string           `json:"cluster"`
+	Version   uint64           `json:"version"`
+	Endpoints []model.Endpoint `json:"endpoints"`
 }
 
 // Cluster summarises one broker cluster.
@@ -66,29 +61,24 @@ type Health struct {
 	Version uint64 `json:"version"`
 }
 
-// Backend is what the API manages: the store, plus the xDS server's view
-// of the nodes.
+// Backend is what the API manages: the controller's changes, plus the
+// xDS server's view of the nodes.
 type Backend interface {
 	Model() *model.Model
 	Version() uint64
-	Endpoints(cluster string) ([]model.Endpoint, error)
-	SetEndpoints(cluster string, eps []model.Endpoint) (uint64, error)
-	AddEndpoint(cluster string, ep model.Endpoint) (uint64, error)
-	RemoveEndpoint(cluster, address string, port int) (uint64, error)
+	Endpoints(cluster string) ([]model.Endpoint, uint64, error)
+	SetEndpoints(ctx context.Context, cluster string, eps []model.Endpoint) (uint64, error)
+	AddEndpoint(ctx context.Context, cluster string, ep model.Endpoint) (uint64, error)
+	RemoveEndpoint(ctx context.Context, cluster string, ep model.Endpoint) (uint64, error)
 	Nodes() []server.NodeStatus
 }
 
-func fromModel(eps []model.Endpoint) []Endpoint {
-	out := make([]Endpoint, 0, len(eps))
-	for _, e := range eps {
-		out = append(out, Endpoint{Address: e.Address, Port: e.Port, Weight: e.Weight})
-	}
-	return out
+// Fleet is the Backend `mqtt-sticky serve` runs: the controller for
+// changes, and the xDS server for the nodes' status.
+type Fleet struct {
+	*control.Controller
+	Server *server.Server
 }
 
-func toModel(e Endpoint) model.Endpoint {
-	if e.Weight == 0 {
-		e.Weight = model.DefaultWeight
-	}
-	return model.Endpoint{Address: e.Address, Port: e.Port, Weight: e.Weight}
-}
+// Nodes reports every Envoy node the xDS server has seen.
+func (f Fleet) Nodes() []server.NodeStatus { return f.Server.Nodes() }

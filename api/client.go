@@ -10,6 +10,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 )
 
 // Client calls the management API.
@@ -89,24 +91,24 @@ func (c *Client) Endpoints(ctx context.Context, cluster string) (*EndpointList, 
 }
 
 // SetEndpoints replaces a cluster's endpoints.
-func (c *Client) SetEndpoints(ctx context.Context, cluster string, eps []Endpoint) (*EndpointList, error) {
+func (c *Client) SetEndpoints(ctx context.Context, cluster string, eps []model.Endpoint) (*EndpointList, error) {
 	var out EndpointList
 	if eps == nil {
-		eps = []Endpoint{}
+		eps = []model.Endpoint{}
 	}
 	return &out, c.do(ctx, http.MethodPut, endpointsPath(cluster), EndpointSet{Endpoints: eps}, &out)
 }
 
 // AddEndpoint adds one endpoint.
-func (c *Client) AddEndpoint(ctx context.Context, cluster string, e Endpoint) (*EndpointList, error) {
+func (c *Client) AddEndpoint(ctx context.Context, cluster string, e model.Endpoint) (*EndpointList, error) {
 	var out EndpointList
 	return &out, c.do(ctx, http.MethodPost, endpointsPath(cluster), e, &out)
 }
 
-// RemoveEndpoint removes the endpoint given as address:port.
-func (c *Client) RemoveEndpoint(ctx context.Context, cluster, addrPort string) (*EndpointList, error) {
+// RemoveEndpoint removes the endpoint with e's address and port.
+func (c *Client) RemoveEndpoint(ctx context.Context, cluster string, e model.Endpoint) (*EndpointList, error) {
 	var out EndpointList
-	return &out, c.do(ctx, http.MethodDelete, endpointsPath(cluster)+"/"+url.PathEscape(addrPort), nil, &out)
+	return &out, c.do(ctx, http.MethodDelete, endpointsPath(cluster)+"/"+url.PathEscape(e.Key()), nil, &out)
 }
 
 // Status returns the nodes' status.

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -17,8 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
-	"github.com/mqtt-sticky/mqtt-sticky/xds/store"
 )
 
 // maxBody bounds request bodies: an endpoint set of thousands of brokers
@@ -109,11 +108,11 @@ func (h *handler) listClusters(http.ResponseWriter, *http.Request) (int, any) {
 
 func (h *handler) listEndpoints(_ http.ResponseWriter, r *http.Request) (int, any) {
 	name := r.PathValue("name")
-	eps, err := h.b.Endpoints(name)
+	eps, version, err := h.b.Endpoints(name)
 	if err != nil {
 		return errorStatus(err)
 	}
-	return http.StatusOK, EndpointList{Cluster: name, Version: h.b.Version(), Endpoints: fromModel(eps)}
+	return http.StatusOK, EndpointList{Cluster: name, Version: version, Endpoints: eps}
 }
 
 func (h *handler) setEndpoints(_ http.ResponseWriter, r *http.Request) (int, any) {
@@ -124,29 +123,28 @@ func (h *handler) setEndpoints(_ http.ResponseWriter, r *http.Request) (int, any
 	if set.Endpoints == nil {
 		return http.StatusBadRequest, Error{`body must be {"endpoints": [...]}; send [] to remove every endpoint`}
 	}
-	eps := make([]model.Endpoint, 0, len(set.Endpoints))
-	for _, e := range set.Endpoints {
-		eps = append(eps, toModel(e))
-	}
-	return h.changed(r, http.StatusOK, func() (uint64, error) { return h.b.SetEndpoints(r.PathValue("name"), eps) })
+	return h.changed(r, http.StatusOK, func() (uint64, error) {
+		return h.b.SetEndpoints(r.Context(), r.PathValue("name"), set.Endpoints)
+	})
 }
 
 func (h *handler) addEndpoint(_ http.ResponseWriter, r *http.Request) (int, any) {
-	var e Endpoint
+	var e model.Endpoint
 	if err := decode(r, &e); err != nil {
 		return errorStatus(err)
 	}
-	return h.changed(r, http.StatusCreated, func() (uint64, error) { return h.b.AddEndpoint(r.PathValue("name"), toModel(e)) })
+	return h.changed(r, http.StatusCreated, func() (uint64, error) { return h.b.AddEndpoint(r.Context(), r.PathValue("name"), e) })
 }
 
 func (h *handler) removeEndpoint(_ http.ResponseWriter, r *http.Request) (int, any) {
-	ap, err := netip.ParseAddrPort(r.PathValue("endpoint"))
+	e, err := model.ParseEndpoint(r.PathValue("endpoint"))
 	if err != nil {
-		return http.StatusBadRequest, Error{fmt.Sprintf("endpoint %q: want address:port, like 127.0.0.1:18834 or [fd00::1]:1883", r.PathValue("endpoint"))}
+		return errorStatus(err)
 	}
-	return h.changed(r, http.StatusOK, func() (uint64, error) {
-		return h.b.RemoveEndpoint(r.PathValue("name"), ap.Addr().String(), int(ap.Port()))
-	})
+	if e.Weight != 0 {
+		return http.StatusBadRequest, Error{fmt.Sprintf("endpoint %q: name it as ADDRESS:PORT, without a weight", r.PathValue("endpoint"))}
+	}
+	return h.changed(r, http.StatusOK, func() (uint64, error) { return h.b.RemoveEndpoint(r.Context(), r.PathValue("name"), e) })
 }
 
 // changed runs a change and answers with the cluster's endpoints after it.
@@ -158,12 +156,12 @@ func (h *handler) changed(r *http.Request, okCode int, change func() (uint64, er
 		return errorStatus(err)
 	}
 	name := r.PathValue("name")
-	eps, err := h.b.Endpoints(name)
+	eps, _, err := h.b.Endpoints(name)
 	if err != nil {
 		return errorStatus(err)
 	}
 	h.opts.Logger.Info("api: endpoints changed", "cluster", name, "version", version, "endpoints", len(eps), "took", time.Since(start))
-	return okCode, EndpointList{Cluster: name, Version: version, Endpoints: fromModel(eps)}
+	return okCode, EndpointList{Cluster: name, Version: version, Endpoints: eps}
 }
 
 func (h *handler) status(http.ResponseWriter, *http.Request) (int, any) {
@@ -194,9 +192,9 @@ func errorStatus(err error) (int, any) {
 	switch {
 	case errors.Is(err, errBadJSON), errors.Is(err, model.ErrInvalid):
 		code = http.StatusBadRequest
-	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, control.ErrNotFound):
 		code = http.StatusNotFound
-	case errors.Is(err, store.ErrConflict):
+	case errors.Is(err, control.ErrConflict):
 		code = http.StatusConflict
 	}
 	return code, Error{err.Error()}

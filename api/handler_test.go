@@ -16,34 +16,26 @@ import (
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/server"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/store"
 )
 
-// backend joins a real store and a real xDS server, as `serve` does.
-type backend struct {
-	*store.Store
-	srv *server.Server
-}
-
-func (b backend) Nodes() []server.NodeStatus { return b.srv.Nodes() }
-
 type fixture struct {
 	ts     *httptest.Server
 	router routers.Router
-	st     *store.Store
+	st     *control.Controller
 }
 
 func newFixture(t *testing.T, token string) *fixture {
 	t.Helper()
-	m := model.Default()
-	srv, err := server.New(m, 1, nil, prometheus.NewRegistry())
-	if err != nil {
+	srv := server.New(nil, prometheus.NewRegistry())
+	st := control.New(model.Default(), store.NewFile(""), srv, nil)
+	if err := st.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	st := store.New(m, 1, "", srv)
-	h := NewHandler(backend{st, srv}, Options{Token: token, Registry: prometheus.NewRegistry()})
+	h := NewHandler(Fleet{st, srv}, Options{Token: token, Registry: prometheus.NewRegistry()})
 	ts := httptest.NewServer(h)
 	t.Cleanup(ts.Close)
 
@@ -136,7 +128,7 @@ func TestEndpointLifecycle(t *testing.T) {
 // nothing: same endpoints, same version.
 func TestInvalidRequestsChangeNothing(t *testing.T) {
 	f := newFixture(t, "")
-	before, _ := f.st.Endpoints("brokers")
+	before, _, _ := f.st.Endpoints("brokers")
 	version := f.st.Version()
 	tests := []struct {
 		name, method, path, body string
@@ -156,7 +148,7 @@ func TestInvalidRequestsChangeNothing(t *testing.T) {
 		{"set without list", "PUT", "/v1/clusters/brokers/endpoints", `{}`, 400, `body must be {"endpoints": [...]}`},
 		{"bare list", "PUT", "/v1/clusters/brokers/endpoints", `[{"address":"127.0.0.1","port":1}]`, 400, "malformed JSON"},
 		{"remove missing", "DELETE", "/v1/clusters/brokers/endpoints/127.0.0.1:9", "", 404, "is not in cluster"},
-		{"remove bad form", "DELETE", "/v1/clusters/brokers/endpoints/127.0.0.1", "", 400, "want address:port"},
+		{"remove bad form", "DELETE", "/v1/clusters/brokers/endpoints/127.0.0.1", "", 400, "want ADDRESS:PORT"},
 		{"trailing data", "POST", "/v1/clusters/brokers/endpoints", `{"address":"127.0.0.1","port":2} {}`, 400, "data after"},
 	}
 	for _, tt := range tests {
@@ -168,7 +160,7 @@ func TestInvalidRequestsChangeNothing(t *testing.T) {
 			}
 		})
 	}
-	after, _ := f.st.Endpoints("brokers")
+	after, _, _ := f.st.Endpoints("brokers")
 	if f.st.Version() != version || len(after) != len(before) {
 		t.Errorf("invalid requests changed the store: version %d -> %d, endpoints %v -> %v", version, f.st.Version(), before, after)
 	}
@@ -185,7 +177,7 @@ func TestBearerToken(t *testing.T) {
 	if code, _ := f.call(t, "POST", "/v1/clusters/brokers/endpoints", "wrong", `{"address":"127.0.0.1","port":9}`, false); code != 401 {
 		t.Errorf("wrong token on a change: %d, want 401", code)
 	}
-	if eps, _ := f.st.Endpoints("brokers"); len(eps) != 3 {
+	if eps, _, _ := f.st.Endpoints("brokers"); len(eps) != 3 {
 		t.Errorf("an unauthorised change went through: %v", eps)
 	}
 	if code, _ := f.call(t, "GET", "/v1/clusters", "s3cret", "", true); code != 200 {
@@ -223,14 +215,14 @@ func TestClient(t *testing.T) {
 	f := newFixture(t, "tok")
 	c := &Client{BaseURL: f.ts.URL, Token: "tok"}
 	ctx := context.Background()
-	if _, err := c.AddEndpoint(ctx, "brokers", Endpoint{Address: "127.0.0.1", Port: 18834}); err != nil {
+	if _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18834}); err != nil {
 		t.Fatal(err)
 	}
-	list, err := c.RemoveEndpoint(ctx, "brokers", "127.0.0.1:18831")
+	list, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18831})
 	if err != nil || len(list.Endpoints) != 3 {
 		t.Fatalf("%v %v", list, err)
 	}
-	_, err = c.AddEndpoint(ctx, "brokers", Endpoint{Address: "127.0.0.1", Port: 18834})
+	_, err = c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18834})
 	if e, ok := err.(*APIError); !ok || e.Status != 409 {
 		t.Errorf("duplicate add: %v", err)
 	}

@@ -56,12 +56,11 @@ func envoyConfig(listenPort, adminPort int, brokers []string, lb lbKind, withFil
 	if lb != lbMaglev {
 		m.Clusters[0].LBPolicy = model.RingHash
 	}
-	for _, b := range brokers {
-		host, port, _ := net.SplitHostPort(b)
-		var p int
-		fmt.Sscan(port, &p)
-		m.Clusters[0].Endpoints = append(m.Clusters[0].Endpoints, model.Endpoint{Address: host, Port: p})
+	eps, err := model.ParseEndpoints(strings.Join(brokers, ","))
+	if err != nil {
+		return nil, err
 	}
+	m.Clusters[0].Endpoints = eps
 	m.SetDefaults()
 	res, err := translate.Translate(m, "bench")
 	if err != nil {

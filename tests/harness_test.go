@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -276,8 +277,10 @@ func splitHostPort(t testing.TB, addr string) (string, int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var p int
-	fmt.Sscan(port, &p)
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return host, p
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/mqtt-sticky/mqtt-sticky/api"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/broker"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/envoyproc"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 )
 
 // cliPath is the mqtt-sticky binary built by TestMain.
@@ -334,20 +335,16 @@ func clientIDs(n int, prefix string) []string {
 	return ids
 }
 
-func toAPI(bs ...*broker.Broker) []api.Endpoint {
-	var out []api.Endpoint
+func toAPI(bs ...*broker.Broker) []model.Endpoint {
+	var out []model.Endpoint
 	for _, b := range bs {
-		host, port := splitHostPortNoT(b.Addr())
-		out = append(out, api.Endpoint{Address: host, Port: port, Weight: 1})
+		e, err := model.ParseEndpoint(b.Addr())
+		if err != nil {
+			panic(err) // brokers listen on IP addresses
+		}
+		out = append(out, e)
 	}
 	return out
-}
-
-func splitHostPortNoT(addr string) (string, int) {
-	i := strings.LastIndex(addr, ":")
-	var p int
-	fmt.Sscan(addr[i+1:], &p)
-	return addr[:i], p
 }
 
 func countByBroker(m map[string]string) map[string]int {

@@ -81,7 +81,7 @@ func TestEndpointChangesMoveFewClients(t *testing.T) {
 			checkStrays(t, policy, "adding a broker", strays, len(ids))
 
 			// Remove it again: everyone is back where they started.
-			if _, err := cp.client.RemoveEndpoint(ctx, "brokers", b4.Addr()); err != nil {
+			if _, err := cp.client.RemoveEndpoint(ctx, "brokers", toAPI(b4)[0]); err != nil {
 				t.Fatal(err)
 			}
 			envoy.waitHosts(t, cp, brokers[:3], 10*time.Second)
@@ -93,7 +93,7 @@ func TestEndpointChangesMoveFewClients(t *testing.T) {
 			}
 
 			// Remove an original broker: only its clients move.
-			if _, err := cp.client.RemoveEndpoint(ctx, "brokers", b2.Addr()); err != nil {
+			if _, err := cp.client.RemoveEndpoint(ctx, "brokers", toAPI(b2)[0]); err != nil {
 				t.Fatal(err)
 			}
 			envoy.waitHosts(t, cp, []*broker.Broker{b1, b3}, 10*time.Second)

@@ -6,13 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/netip"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/mqtt-sticky/mqtt-sticky/api"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 )
 
 const endpointsUsage = `usage:
@@ -79,7 +78,9 @@ func runEndpoints(args []string, stdout, stderr io.Writer) error {
 		if perr != nil {
 			return perr
 		}
-		e.Weight = uint32(weight)
+		if e.Weight == 0 {
+			e.Weight = uint32(weight)
+		}
 		list, err = c.AddEndpoint(ctx, cf.cluster, e)
 	case "remove":
 		if len(operands) != 1 {
@@ -89,21 +90,13 @@ func runEndpoints(args []string, stdout, stderr io.Writer) error {
 		if perr != nil {
 			return perr
 		}
-		list, err = c.RemoveEndpoint(ctx, cf.cluster, netip.AddrPortFrom(netip.MustParseAddr(e.Address), uint16(e.Port)).String())
+		list, err = c.RemoveEndpoint(ctx, cf.cluster, e)
 	case "set":
-		eps := []api.Endpoint{}
+		eps := []model.Endpoint{}
 		for _, op := range operands {
-			spec, w, hasWeight := strings.Cut(op, "=")
-			e, perr := parseEndpoint(spec)
+			e, perr := parseEndpoint(op)
 			if perr != nil {
 				return perr
-			}
-			if hasWeight {
-				n, werr := strconv.ParseUint(w, 10, 32)
-				if werr != nil {
-					return fmt.Errorf("%w: weight in %q is not a number", errUsage, op)
-				}
-				e.Weight = uint32(n)
 			}
 			eps = append(eps, e)
 		}
@@ -128,14 +121,14 @@ func runEndpoints(args []string, stdout, stderr io.Writer) error {
 	return tw.Flush()
 }
 
-// parseEndpoint reads ADDRESS:PORT. The API validates the values; this
-// only checks the form, so the user hears about a typo before a request.
-func parseEndpoint(s string) (api.Endpoint, error) {
-	ap, err := netip.ParseAddrPort(s)
+// parseEndpoint reads ADDRESS:PORT[=WEIGHT], so the user hears about a
+// typo before any request is sent.
+func parseEndpoint(s string) (model.Endpoint, error) {
+	e, err := model.ParseEndpoint(s)
 	if err != nil {
-		return api.Endpoint{}, fmt.Errorf("%w: %q is not ADDRESS:PORT (e.g. 127.0.0.1:18834, [fd00::1]:1883)", errUsage, s)
+		return model.Endpoint{}, fmt.Errorf("%w: %v", errUsage, err)
 	}
-	return api.Endpoint{Address: ap.Addr().String(), Port: int(ap.Port())}, nil
+	return e, nil
 }
 
 func runStatus(args []string, stdout, stderr io.Writer) error {

@@ -2,14 +2,17 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -49,7 +52,7 @@ func runAll(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.envoyBin, "envoy", "", "Envoy binary (default: $ENVOY_BIN, else the one in .venv)")
 	fs.StringVar(&o.moduleDir, "module-dir", "build", "directory holding libmqtt_sticky.so")
 	fs.StringVar(&o.bootstrap, "bootstrap", "envoy/bootstrap.yaml", "Envoy bootstrap")
-	fs.StringVar(&o.workDir, "dir", "build/run", "where logs and state go (emptied at start)")
+	fs.StringVar(&o.workDir, "dir", "build/run", "where logs and state go; emptied at start if an earlier run created it, refused if it holds anything else")
 	fs.IntVar(&o.brokerPort, "broker-port", 18831, "first port of the embedded brokers (three ports from here)")
 	if rest, err := parse(fs, args); err != nil {
 		return err
@@ -61,99 +64,184 @@ func runAll(args []string, stdout, stderr io.Writer) error {
 	return run(ctx, o, stdout)
 }
 
+// run starts the brokers, the control plane and Envoy, prints where
+// everything is, and stops them all when ctx ends or one of them fails.
 func run(ctx context.Context, o runOptions, out io.Writer) error {
+	existing, err := o.check()
+	if err != nil {
+		return err
+	}
+	if err := prepareWorkDir(o.workDir); err != nil {
+		return err
+	}
+	brokers, err := startEmbeddedBrokers(o, existing, out)
+	if err != nil {
+		return err
+	}
+	defer brokers.close()
+	cp, err := startControlPlane(ctx, o, brokers.endpoints)
+	if err != nil {
+		return err
+	}
+	defer cp.stop()
+	envoy, err := startEnvoy(o)
+	if err != nil {
+		return err
+	}
+	defer envoy.Stop(10 * time.Second)
+	healthy, err := waitEnvoyReady(ctx, envoy, len(brokers.endpoints))
+	if err != nil {
+		return err
+	}
+	printRunning(out, o, brokers, healthy)
+	return waitForStop(ctx, out, envoy, cp)
+}
+
+// check validates every option, so that nothing is started or deleted
+// because of a command line that later turns out wrong. It returns the
+// existing brokers given with --brokers.
+func (o *runOptions) check() ([]model.Endpoint, error) {
 	if _, err := os.Stat(filepath.Join(o.moduleDir, "libmqtt_sticky.so")); err != nil {
-		return fmt.Errorf("%s/libmqtt_sticky.so is missing: run `make filter` (or `make run`, which builds it)", o.moduleDir)
+		return nil, fmt.Errorf("%s/libmqtt_sticky.so is missing: run `make filter` (or `make run`, which builds it)", o.moduleDir)
 	}
 	if o.envoyBin == "" {
 		bin, err := envoyproc.FindBinary()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		o.envoyBin = bin
 	}
-	if err := os.RemoveAll(o.workDir); err != nil {
-		return err
+	if _, err := os.Stat(o.bootstrap); err != nil {
+		return nil, fmt.Errorf("%w: --bootstrap: %v", errUsage, err)
 	}
-	if err := os.MkdirAll(o.workDir, 0o755); err != nil {
-		return err
+	switch model.ProxyProtocol(o.proxy) {
+	case model.ProxyV1, model.ProxyV2, model.ProxyOff:
+	default:
+		return nil, fmt.Errorf("%w: --proxy-protocol %q: use v2, v1 or off", errUsage, o.proxy)
 	}
-	moduleDir, _ := filepath.Abs(o.moduleDir)
-	logFile := func(name string) (*os.File, error) { return os.Create(filepath.Join(o.workDir, name)) }
-
-	// Brokers: three embedded ones in one cluster, or the ones given.
-	var endpoints []model.Endpoint
-	var brokerLines []string
+	if o.listenPort < 1 || o.listenPort > 65535 || o.brokerPort < 1 || o.brokerPort+10002 > 65535 {
+		return nil, fmt.Errorf("%w: --port and --broker-port must leave room for the ports run uses (1-65535)", errUsage)
+	}
+	if _, _, err := net.SplitHostPort(o.apiAddr); err != nil {
+		return nil, fmt.Errorf("%w: --api %q: want host:port", errUsage, o.apiAddr)
+	}
 	if o.brokers == "" {
-		// Broker logs go to the terminal: they show which broker each
-		// client ID reached, and from which address.
-		blog := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelInfo}))
-		var clusterAddrs []string
-		for i := range 3 {
-			clusterAddrs = append(clusterAddrs, fmt.Sprintf("127.0.0.1:%d", o.brokerPort+10000+i))
-		}
-		for i := range 3 {
-			port := o.brokerPort + i
-			b, err := broker.Start(broker.Options{
-				Name:          fmt.Sprintf("broker-%d", i+1),
-				Listen:        fmt.Sprintf("127.0.0.1:%d", port),
-				ProxyProtocol: broker.ProxyRequired,
-				Logger:        blog,
-				ClusterListen: clusterAddrs[i],
-				Peers:         clusterAddrs,
-			})
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			endpoints = append(endpoints, model.Endpoint{Address: "127.0.0.1", Port: port})
-			brokerLines = append(brokerLines, fmt.Sprintf("broker-%d  127.0.0.1:%d  (embedded, requires PROXY protocol)", i+1, port))
-		}
-	} else {
-		for _, hp := range strings.Split(o.brokers, ",") {
-			host, port, err := net.SplitHostPort(strings.TrimSpace(hp))
-			if err != nil {
-				return fmt.Errorf("%w: --brokers %q: want host:port[,host:port...]", errUsage, hp)
-			}
-			var p int
-			fmt.Sscan(port, &p)
-			endpoints = append(endpoints, model.Endpoint{Address: host, Port: p})
-			brokerLines = append(brokerLines, fmt.Sprintf("%s  (existing, PROXY protocol %s)", hp, o.proxy))
-		}
+		return nil, nil
 	}
+	eps, err := model.ParseEndpoints(o.brokers)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --brokers: %v", errUsage, err)
+	}
+	return eps, nil
+}
 
-	// The control plane, in this process.
+// runBrokers are the brokers run sends clients to: embedded ones it
+// started, or existing ones it was given.
+type runBrokers struct {
+	endpoints []model.Endpoint
+	lines     []string // one line per broker for the banner
+	started   []*broker.Broker
+}
+
+func (b *runBrokers) close() {
+	for _, s := range b.started {
+		s.Close()
+	}
+}
+
+// startEmbeddedBrokers starts three brokers in one cluster, unless existing
+// brokers were given. Broker logs go to the terminal: they show which
+// broker each client ID reached, and from which address.
+func startEmbeddedBrokers(o runOptions, existing []model.Endpoint, out io.Writer) (*runBrokers, error) {
+	b := &runBrokers{}
+	if existing != nil {
+		b.endpoints = existing
+		for _, e := range existing {
+			b.lines = append(b.lines, fmt.Sprintf("%s  (existing, PROXY protocol %s)", e.Key(), o.proxy))
+		}
+		return b, nil
+	}
+	blog := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var clusterAddrs []string
+	for i := range 3 {
+		clusterAddrs = append(clusterAddrs, fmt.Sprintf("127.0.0.1:%d", o.brokerPort+10000+i))
+	}
+	for i := range 3 {
+		port := o.brokerPort + i
+		s, err := broker.Start(broker.Options{
+			Name:          fmt.Sprintf("broker-%d", i+1),
+			Listen:        fmt.Sprintf("127.0.0.1:%d", port),
+			ProxyProtocol: broker.ProxyRequired,
+			Logger:        blog,
+			ClusterListen: clusterAddrs[i],
+			Peers:         clusterAddrs,
+		})
+		if err != nil {
+			b.close()
+			return nil, err
+		}
+		b.started = append(b.started, s)
+		b.endpoints = append(b.endpoints, model.Endpoint{Address: "127.0.0.1", Port: port})
+		b.lines = append(b.lines, fmt.Sprintf("broker-%d  127.0.0.1:%d  (embedded, requires PROXY protocol)", i+1, port))
+	}
+	return b, nil
+}
+
+// runControlPlane is the control plane run starts in this process.
+type runControlPlane struct {
+	cancel context.CancelFunc
+	done   chan error
+	log    *os.File
+}
+
+func (cp *runControlPlane) stop() {
+	cp.cancel()
+	<-cp.done
+	cp.log.Close()
+}
+
+// startControlPlane serves the brokers to Envoy, logging to serve.log, and
+// returns once it accepts connections.
+func startControlPlane(ctx context.Context, o runOptions, endpoints []model.Endpoint) (*runControlPlane, error) {
 	file := &model.File{Model: model.Model{
-		Listeners: []model.Listener{{Name: "mqtt", Address: "0.0.0.0", Port: o.listenPort, AccessLog: true}},
+		Listeners: []model.Listener{{Name: model.DefaultListenerName, Address: "0.0.0.0", Port: o.listenPort, AccessLog: true}},
 		Clusters: []model.Cluster{{Name: model.DefaultClusterName, Endpoints: endpoints,
 			ProxyProtocol: model.ProxyProtocol(o.proxy)}},
 	}}
 	file.SetDefaults()
 	if err := file.Validate(); err != nil {
-		return err
+		return nil, err
 	}
-	serveLog, err := logFile("serve.log")
+	logFile, err := os.Create(filepath.Join(o.workDir, "serve.log"))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer serveLog.Close()
-	log := slog.New(slog.NewTextHandler(serveLog, nil))
-	cpCtx, stopCP := context.WithCancel(ctx)
-	defer stopCP()
-	cpReady := make(chan struct{})
-	cpDone := make(chan error, 1)
+	cpCtx, cancel := context.WithCancel(ctx)
+	cp := &runControlPlane{cancel: cancel, done: make(chan error, 1), log: logFile}
+	ready := make(chan struct{})
 	go func() {
-		cpDone <- serve(cpCtx, serveOptions{file: file, xdsListen: runXDS, apiListen: o.apiAddr,
-			stateFile: filepath.Join(o.workDir, "state.json")}, log, func(string, string) { close(cpReady) })
+		cp.done <- serve(cpCtx, serveOptions{file: file, xdsListen: runXDS, apiListen: o.apiAddr,
+			stateFile: filepath.Join(o.workDir, "state.json")}, slog.New(slog.NewTextHandler(logFile, nil)),
+			func(string, string) { close(ready) })
 	}()
 	select {
-	case <-cpReady:
-	case err := <-cpDone:
-		return fmt.Errorf("control plane: %w (see %s)", err, serveLog.Name())
+	case <-ready:
+		return cp, nil
+	case err := <-cp.done:
+		cancel()
+		logFile.Close()
+		return nil, fmt.Errorf("control plane: %w (see %s)", err, logFile.Name())
 	}
+}
 
-	// Envoy, configured by the control plane.
-	envoy, err := envoyproc.Start(envoyproc.Options{
+// startEnvoy starts Envoy on the bootstrap, which takes everything else
+// from the control plane.
+func startEnvoy(o runOptions) (*envoyproc.Process, error) {
+	moduleDir, err := filepath.Abs(o.moduleDir)
+	if err != nil {
+		return nil, err
+	}
+	return envoyproc.Start(envoyproc.Options{
 		Binary:        o.envoyBin,
 		ConfigPath:    o.bootstrap,
 		AdminAddr:     runAdmin,
@@ -163,17 +251,20 @@ func run(ctx context.Context, o runOptions, out io.Writer) error {
 		Cluster:       "mqtt-sticky",
 		DieWithParent: true,
 	})
-	if err != nil {
-		return err
-	}
-	defer envoy.Stop(10 * time.Second)
+}
+
+// waitEnvoyReady waits up to a minute for Envoy to be ready and report
+// every broker healthy, and returns how many it reports healthy.
+func waitEnvoyReady(ctx context.Context, envoy *envoyproc.Process, brokers int) (int, error) {
 	readyCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	if err := envoy.WaitReady(readyCtx); err != nil {
-		return err
+		return 0, err
 	}
-	healthy := waitHealthy(readyCtx, envoy, len(endpoints))
+	return waitHealthy(readyCtx, envoy, brokers), nil
+}
 
+func printRunning(out io.Writer, o runOptions, b *runBrokers, healthy int) {
 	fmt.Fprintf(out, `
 mqtt-sticky is running.
 
@@ -192,29 +283,29 @@ Connect again with the same -i: the broker lines below show it lands on the same
 
 Change brokers live:
   build/mqtt-sticky endpoints list
-  build/mqtt-sticky endpoints remove 127.0.0.1:%[8]d
-  build/mqtt-sticky endpoints add 127.0.0.1:%[8]d
+  build/mqtt-sticky endpoints remove %[8]s
+  build/mqtt-sticky endpoints add %[8]s
   build/mqtt-sticky status
 
 Ctrl-C stops everything.
 
-`, o.listenPort, strings.Join(brokerLines, "\n                              "), o.apiAddr, runAdmin, o.workDir,
-		healthy, len(endpoints), endpoints[len(endpoints)-1].Port)
+`, o.listenPort, strings.Join(b.lines, "\n                              "), o.apiAddr, runAdmin, o.workDir,
+		healthy, len(b.endpoints), b.endpoints[len(b.endpoints)-1].Key())
+}
 
+// waitForStop returns when ctx ends (Ctrl-C), or with an error when Envoy
+// or the control plane stops by itself.
+func waitForStop(ctx context.Context, out io.Writer, envoy *envoyproc.Process, cp *runControlPlane) error {
 	select {
 	case <-ctx.Done():
 		fmt.Fprintln(out, "\nstopping Envoy, the control plane and the brokers...")
+		return envoy.Stop(10 * time.Second)
 	case <-envoy.Exited():
 		return fmt.Errorf("envoy exited; log:\n%s", envoy.LogTail(20))
-	case err := <-cpDone:
+	case err := <-cp.done:
+		cp.done <- err // for cp.stop
 		return fmt.Errorf("control plane stopped: %v", err)
 	}
-	if err := envoy.Stop(10 * time.Second); err != nil {
-		return err
-	}
-	stopCP()
-	<-cpDone
-	return nil
 }
 
 // waitHealthy waits until Envoy's brokers cluster has n healthy hosts, or
@@ -236,4 +327,31 @@ func waitHealthy(ctx context.Context, envoy *envoyproc.Process, n int) int {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// runMarker marks a directory run created, and may therefore empty.
+const runMarker = ".mqtt-sticky-run"
+
+// prepareWorkDir gives run an empty directory for its logs and state. It
+// empties only a directory that run created before (it holds runMarker)
+// or one that is already empty: a mistyped --dir must never delete
+// somebody's files.
+func prepareWorkDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return err
+	case len(entries) == 0:
+	case slices.ContainsFunc(entries, func(e fs.DirEntry) bool { return e.Name() == runMarker }):
+		if err := os.RemoveAll(dir); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("%w: --dir %s is not empty and was not created by mqtt-sticky run: give an empty or new directory", errUsage, dir)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, runMarker), []byte("created by mqtt-sticky run; emptied by the next run\n"), 0o644)
 }

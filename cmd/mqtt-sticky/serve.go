@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/mqtt-sticky/mqtt-sticky/api"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/server"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/store"
@@ -93,17 +94,14 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, ready func(xds
 		return fmt.Errorf("%w: the API listens on %s, beyond loopback: set --api-token or MQTT_STICKY_API_TOKEN", errUsage, apiAddr)
 	}
 
-	m, version, err := store.Load(&file.Model, statePath)
-	if err != nil {
-		return err
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv, err := server.New(m, version, log, reg)
-	if err != nil {
+	srv := server.New(log, reg)
+	ctl := control.New(&file.Model, store.NewFile(statePath), srv, log)
+	if err := ctl.Start(ctx); err != nil {
 		return err
 	}
-	st := store.New(m, version, statePath, srv)
+	go ctl.Run(ctx)
 
 	xdsLis, err := net.Listen("tcp", xdsAddr)
 	if err != nil {
@@ -115,11 +113,11 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, ready func(xds
 		return fmt.Errorf("API listener: %w", err)
 	}
 	httpSrv := &http.Server{
-		Handler:           api.NewHandler(backend{st, srv}, api.Options{Token: o.token, Logger: log, Registry: reg}),
+		Handler:           api.NewHandler(api.Fleet{Controller: ctl, Server: srv}, api.Options{Token: o.token, Logger: log, Registry: reg}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	log.Info("mqtt-sticky serve", "xds", xdsLis.Addr().String(), "api", apiLis.Addr().String(),
-		"state_file", statePath, "version", version, "clusters", len(m.Clusters), "token_required", o.token != "")
+		"state_file", statePath, "version", ctl.Version(), "clusters", len(file.Clusters), "token_required", o.token != "")
 
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ctx, xdsLis) }()
@@ -144,14 +142,6 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, ready func(xds
 	log.Info("mqtt-sticky serve stopped")
 	return nil
 }
-
-// backend joins the store and the xDS server's node view for the API.
-type backend struct {
-	*store.Store
-	srv *server.Server
-}
-
-func (b backend) Nodes() []server.NodeStatus { return b.srv.Nodes() }
 
 func firstOf(values ...string) string {
 	for _, v := range values {

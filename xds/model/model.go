@@ -135,18 +135,6 @@ type Cluster struct {
 	Endpoints             []Endpoint `json:"endpoints"`
 }
 
-// Endpoint is one broker.
-type Endpoint struct {
-	Address string `json:"address"`
-	Port    int    `json:"port"`
-	Weight  uint32 `json:"weight,omitempty"`
-}
-
-// Key identifies an endpoint within a cluster: "address:port".
-func (e Endpoint) Key() string {
-	return netip.AddrPortFrom(netip.MustParseAddr(e.Address), uint16(e.Port)).String()
-}
-
 // Defaults.
 const (
 	DefaultListenerName   = "mqtt"
@@ -266,9 +254,7 @@ func (m *Model) SetDefaults() {
 			c.HealthyPanicThreshold = &zero
 		}
 		for j := range c.Endpoints {
-			if c.Endpoints[j].Weight == 0 {
-				c.Endpoints[j].Weight = DefaultWeight
-			}
+			c.Endpoints[j].SetDefaults()
 		}
 	}
 }
@@ -408,53 +394,6 @@ func (c *Cluster) validate(names map[string]bool) error {
 		return invalid("%s: healthy_panic_threshold %d is a percentage (0-100)", what, *c.HealthyPanicThreshold)
 	}
 	return ValidateEndpoints(c.Name, c.Endpoints)
-}
-
-// ValidateEndpoints checks one cluster's endpoint set: IP addresses, ports
-// in range, weights in range, no duplicates.
-func ValidateEndpoints(cluster string, eps []Endpoint) error {
-	seen := map[string]bool{}
-	for _, e := range eps {
-		if err := e.Validate(); err != nil {
-			return invalid("cluster %q: %v", cluster, err)
-		}
-		k := e.Key()
-		if seen[k] {
-			return invalid("cluster %q: endpoint %s is listed twice", cluster, k)
-		}
-		seen[k] = true
-	}
-	return nil
-}
-
-// Validate checks one endpoint.
-func (e Endpoint) Validate() error {
-	a, err := netip.ParseAddr(e.Address)
-	if err != nil || a.Zone() != "" {
-		return fmt.Errorf("endpoint address %q is not an IP address (Envoy does not resolve names in EDS; give the broker a fixed IP)", e.Address)
-	}
-	if a.IsUnspecified() || a.IsMulticast() {
-		return fmt.Errorf("endpoint address %s cannot be a broker address", e.Address)
-	}
-	if e.Port < 1 || e.Port > 65535 {
-		return fmt.Errorf("endpoint %s: port %d is out of range 1-65535", e.Address, e.Port)
-	}
-	if e.Weight < 1 || e.Weight > maxWeight {
-		return fmt.Errorf("endpoint %s:%d: weight %d must be between 1 and %d", e.Address, e.Port, e.Weight, maxWeight)
-	}
-	return nil
-}
-
-// SortEndpoints orders endpoints by address then port, so output and
-// versions do not depend on the order changes arrived in.
-func SortEndpoints(eps []Endpoint) {
-	slices.SortFunc(eps, func(a, b Endpoint) int {
-		aa, ba := netip.MustParseAddr(a.Address), netip.MustParseAddr(b.Address)
-		if c := aa.Compare(ba); c != 0 {
-			return c
-		}
-		return a.Port - b.Port
-	})
 }
 
 func totalWeight(eps []Endpoint) uint32 {

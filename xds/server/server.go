@@ -44,86 +44,102 @@ const (
 	grpcMaxStreams = 1000
 )
 
-// Server is the xDS server.
+// Server is the xDS server. It owns the served state: the model and the
+// version every node's snapshot is built from. The state changes only
+// through Prepare and the commit it returns.
 type Server struct {
 	log     *slog.Logger
 	cache   cachev3.SnapshotCache
 	status  *tracker
 	metrics *Metrics
 
-	mu      sync.Mutex // serialises updates with snapshot creation for new nodes
-	model   *model.Model
+	mu      sync.Mutex   // guards the served state and the node set
+	model   *model.Model // nil until the first commit
 	version uint64
 	nodes   map[string]bool // node IDs that have a snapshot
 }
 
-// New returns a server for an initial model and version. It validates the
-// model by translating it once.
-func New(m *model.Model, version uint64, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+// New returns a server that serves nothing until its first commit.
+func New(log *slog.Logger, reg prometheus.Registerer) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	if _, err := translate.Translate(m, "validation"); err != nil {
-		return nil, err
-	}
 	s := &Server{
 		log:     log,
-		model:   m.Clone(),
-		version: version,
 		nodes:   map[string]bool{},
 		metrics: newMetrics(reg),
 	}
 	s.status = newTracker(s.metrics)
 	s.cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, cacheLogger{log})
-	s.metrics.version.Set(float64(version))
-	return s, nil
+	return s
 }
 
-// Version is the version of the resources being served.
-func (s *Server) Version() uint64 {
+// Served returns a copy of the served model and its version; a nil model
+// before the first commit.
+func (s *Server) Served() (*model.Model, uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.version
+	if s.model == nil {
+		return nil, 0
+	}
+	return s.model.Clone(), s.version
 }
 
-// Update replaces the model. It builds and checks every known node's
-// snapshot first; then it calls persist, if not nil; only when both
-// succeed are the snapshots pushed. On any error nothing is pushed and the
-// previous model stays in force.
-func (s *Server) Update(m *model.Model, version uint64, persist func() error) error {
+// ErrOldVersion refuses a model prepared at a version not above the one
+// served: every node already has it, or something newer.
+var ErrOldVersion = errors.New("xds: version is not newer than the one served")
+
+// Prepare translates m for every known node and checks the snapshots, and
+// changes nothing. The commit it returns serves them; it cannot fail, so a
+// caller can persist m between the two and serve exactly what it stored.
+func (s *Server) Prepare(m *model.Model, version uint64) (commit func(), err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if version <= s.version {
+		return nil, fmt.Errorf("%w: %d, serving %d", ErrOldVersion, version, s.version)
+	}
+	m = m.Clone()
 	// Each node's translation validates the model; with no node yet,
 	// translate once for the check alone.
 	if len(s.nodes) == 0 {
 		if _, err := translate.Translate(m, "validation"); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	snaps := map[string]*cachev3.Snapshot{}
 	for node := range s.nodes {
 		snap, err := buildSnapshot(m, version, node)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		snaps[node] = snap
 	}
-	if persist != nil {
-		if err := persist(); err != nil {
-			return err
-		}
+	return func() { s.commit(m, version, snaps) }, nil
+}
+
+// commit serves a prepared model. A node that arrived since Prepare gets
+// its snapshot here.
+func (s *Server) commit(m *model.Model, version uint64, snaps map[string]*cachev3.Snapshot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if version <= s.version {
+		s.log.Warn("xds: dropping a commit older than the served version", "version", version, "served", s.version)
+		return
 	}
-	for node, snap := range snaps {
-		if err := s.cache.SetSnapshot(context.Background(), node, snap); err != nil {
-			// The snapshot was checked above; this only fails on a nil snapshot.
+	s.model, s.version = m, version
+	for node := range s.nodes {
+		if snaps[node] == nil {
+			s.setNodeSnapshot(node)
+			continue
+		}
+		if err := s.cache.SetSnapshot(context.Background(), node, snaps[node]); err != nil {
+			// The snapshot was checked in Prepare; this only fails on a nil snapshot.
 			s.log.Error("xds: setting snapshot failed", "node", node, "err", err)
 		}
 	}
-	s.model, s.version = m.Clone(), version
 	s.metrics.pushes.Inc()
 	s.metrics.version.Set(float64(version))
-	s.log.Info("xds: pushed new version", "version", version, "nodes", len(snaps))
-	return nil
+	s.log.Info("xds: pushed new version", "version", version, "nodes", len(s.nodes))
 }
 
 // ensureNode creates the node's first snapshot when it first connects.
@@ -133,19 +149,30 @@ func (s *Server) ensureNode(node string) {
 	if s.nodes[node] {
 		return
 	}
+	s.nodes[node] = true
+	if s.model == nil {
+		return // the first commit gives it a snapshot
+	}
+	if s.setNodeSnapshot(node) {
+		s.log.Info("xds: new node", "node", node, "version", s.version)
+	}
+}
+
+// setNodeSnapshot builds and sets one node's snapshot of the served model.
+// s.mu must be held.
+func (s *Server) setNodeSnapshot(node string) bool {
 	snap, err := buildSnapshot(s.model, s.version, node)
 	if err != nil {
-		// The model was validated when it was set, and the node ID only
-		// appears inside a health-check payload.
-		s.log.Error("xds: cannot build a snapshot for a new node", "node", node, "err", err)
-		return
+		// The model was validated when it was prepared, and the node ID
+		// only appears inside a health-check payload.
+		s.log.Error("xds: cannot build a snapshot for a node", "node", node, "err", err)
+		return false
 	}
 	if err := s.cache.SetSnapshot(context.Background(), node, snap); err != nil {
 		s.log.Error("xds: setting snapshot failed", "node", node, "err", err)
-		return
+		return false
 	}
-	s.nodes[node] = true
-	s.log.Info("xds: new node", "node", node, "version", s.version)
+	return true
 }
 
 func buildSnapshot(m *model.Model, version uint64, node string) (*cachev3.Snapshot, error) {

@@ -1,0 +1,220 @@
+// Package control carries every change to the fleet one way:
+//
+//	request → validate → translate (server.Prepare) → persist (store) → serve (commit)
+//
+// The xDS server owns the served state; the store persists it; the
+// controller owns neither and only moves a change along, one at a time.
+// Changes made elsewhere (another control-plane replica writing the same
+// store) arrive through the store's Watch and take the same path, minus
+// the persisting.
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+
+	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/store"
+)
+
+// Errors the API maps to status codes.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("conflict")
+)
+
+// Server is the part of the xDS server a change goes through: package
+// server implements it.
+type Server interface {
+	// Served returns a copy of the served model and its version.
+	Served() (*model.Model, uint64)
+	// Prepare translates and checks m without serving it; commit serves it.
+	Prepare(m *model.Model, version uint64) (commit func(), err error)
+}
+
+// Controller applies changes to the fleet.
+type Controller struct {
+	base  *model.Model // the config file's model; the store supplies endpoints
+	store store.Store
+	srv   Server
+	log   *slog.Logger
+
+	mu sync.Mutex // one change at a time: each reads the served state and replaces it
+}
+
+// New returns a controller for the fleet described by base.
+func New(base *model.Model, st store.Store, srv Server, log *slog.Logger) *Controller {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Controller{base: base.Clone(), store: st, srv: srv, log: log}
+}
+
+// Start serves the stored state: base with the endpoints the store holds,
+// at the stored version. Nothing is written: while no change has been
+// made, the config file's endpoints are served, at version 1.
+func (c *Controller) Start(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, err := c.store.Load(ctx)
+	if err != nil {
+		return err
+	}
+	m, err := st.Apply(c.base)
+	if err != nil {
+		return fmt.Errorf("stored state: %w", err)
+	}
+	commit, err := c.srv.Prepare(m, st.Version)
+	if err != nil {
+		return err
+	}
+	commit()
+	return nil
+}
+
+// Run serves the states other writers store, until ctx ends. A state this
+// replica cannot serve (its config file lacks a cluster, say) is logged,
+// and the last good state stays in force.
+func (c *Controller) Run(ctx context.Context) {
+	for st := range c.store.Watch(ctx) {
+		if err := c.serveStored(st); err != nil {
+			c.log.Error("control: not serving a stored change", "version", st.Version, "err", err)
+		}
+	}
+}
+
+func (c *Controller) serveStored(st store.State) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, version := c.srv.Served(); st.Version <= version {
+		return nil // already served: this replica wrote it, or an older one
+	}
+	m, err := st.Apply(c.base)
+	if err != nil {
+		return err
+	}
+	commit, err := c.srv.Prepare(m, st.Version)
+	if err != nil {
+		return err
+	}
+	commit()
+	return nil
+}
+
+// Model returns a copy of the served model.
+func (c *Controller) Model() *model.Model {
+	m, _ := c.srv.Served()
+	return m
+}
+
+// Version is the served version.
+func (c *Controller) Version() uint64 {
+	_, v := c.srv.Served()
+	return v
+}
+
+// Endpoints returns a cluster's endpoints, sorted, and the served version.
+func (c *Controller) Endpoints(cluster string) ([]model.Endpoint, uint64, error) {
+	m, version := c.srv.Served()
+	cl, err := clusterOf(m, cluster)
+	if err != nil {
+		return nil, 0, err
+	}
+	eps := slices.Clone(cl.Endpoints)
+	model.SortEndpoints(eps)
+	return eps, version, nil
+}
+
+// SetEndpoints replaces a cluster's endpoints.
+func (c *Controller) SetEndpoints(ctx context.Context, cluster string, eps []model.Endpoint) (uint64, error) {
+	return c.change(ctx, cluster, func(cl *model.Cluster) error {
+		cl.Endpoints = slices.Clone(eps)
+		return nil
+	})
+}
+
+// AddEndpoint adds one endpoint; adding one that exists is a conflict.
+func (c *Controller) AddEndpoint(ctx context.Context, cluster string, ep model.Endpoint) (uint64, error) {
+	ep.SetDefaults()
+	return c.change(ctx, cluster, func(cl *model.Cluster) error {
+		if err := ep.Validate(); err != nil {
+			return fmt.Errorf("%w: %v", model.ErrInvalid, err)
+		}
+		if slices.ContainsFunc(cl.Endpoints, func(e model.Endpoint) bool { return e.Key() == ep.Key() }) {
+			return fmt.Errorf("%w: endpoint %s is already in cluster %q", ErrConflict, ep.Key(), cluster)
+		}
+		cl.Endpoints = append(cl.Endpoints, ep)
+		return nil
+	})
+}
+
+// RemoveEndpoint removes the endpoint with ep's address and port.
+func (c *Controller) RemoveEndpoint(ctx context.Context, cluster string, ep model.Endpoint) (uint64, error) {
+	ep.SetDefaults()
+	return c.change(ctx, cluster, func(cl *model.Cluster) error {
+		if err := ep.Validate(); err != nil {
+			return fmt.Errorf("%w: %v", model.ErrInvalid, err)
+		}
+		i := slices.IndexFunc(cl.Endpoints, func(e model.Endpoint) bool { return e.Key() == ep.Key() })
+		if i < 0 {
+			return fmt.Errorf("%w: endpoint %s is not in cluster %q", ErrNotFound, ep.Key(), cluster)
+		}
+		cl.Endpoints = slices.Delete(cl.Endpoints, i, i+1)
+		return nil
+	})
+}
+
+// change applies edit to a copy of the served cluster, then validates,
+// translates, persists and serves the result, in that order. On any error
+// nothing is served and nothing is stored.
+func (c *Controller) change(ctx context.Context, cluster string, edit func(*model.Cluster) error) (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	served, version := c.srv.Served()
+	next, err := edited(served, cluster, edit)
+	if err != nil {
+		return 0, err
+	}
+	commit, err := c.srv.Prepare(next, version+1)
+	if err != nil {
+		return 0, err
+	}
+	if err := c.store.CompareAndSwap(ctx, version, store.StateOf(next, version+1)); err != nil {
+		return 0, err
+	}
+	commit()
+	return version + 1, nil
+}
+
+// edited returns a validated copy of m with edit applied to one cluster.
+func edited(m *model.Model, cluster string, edit func(*model.Cluster) error) (*model.Model, error) {
+	next := m.Clone()
+	cl, err := clusterOf(next, cluster)
+	if err != nil {
+		return nil, err
+	}
+	if err := edit(cl); err != nil {
+		return nil, err
+	}
+	next.SetDefaults()
+	model.SortEndpoints(cl.Endpoints)
+	if err := next.Validate(); err != nil {
+		return nil, err
+	}
+	return next, nil
+}
+
+func clusterOf(m *model.Model, name string) (*model.Cluster, error) {
+	if cl := m.Cluster(name); cl != nil {
+		return cl, nil
+	}
+	var names []string
+	for _, cl := range m.Clusters {
+		names = append(names, cl.Name)
+	}
+	return nil, fmt.Errorf("%w: cluster %q (known: %v)", ErrNotFound, name, names)
+}

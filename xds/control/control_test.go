@@ -1,0 +1,141 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/server"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/store"
+)
+
+var ctx = context.Background()
+
+// start returns a controller over a real xDS server and a file store.
+func start(t *testing.T, st store.Store) (*Controller, *server.Server) {
+	t.Helper()
+	srv := server.New(nil, prometheus.NewRegistry())
+	c := New(model.Default(), st, srv, nil)
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return c, srv
+}
+
+func TestChangesArePersistedAndRestored(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	c, _ := start(t, store.NewFile(path))
+	if _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18834, Weight: 2}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18831})
+	if err != nil || v != 3 || c.Version() != 3 {
+		t.Fatalf("version %d, served %d, %v", v, c.Version(), err)
+	}
+	restarted, _ := start(t, store.NewFile(path))
+	eps, version, _ := restarted.Endpoints("brokers")
+	want := []model.Endpoint{{Address: "127.0.0.1", Port: 18832, Weight: 1}, {Address: "127.0.0.1", Port: 18833, Weight: 1}, {Address: "127.0.0.1", Port: 18834, Weight: 2}}
+	if diff := cmp.Diff(want, eps); diff != "" || version != 3 {
+		t.Errorf("restored version %d, endpoints (-want +got):\n%s", version, diff)
+	}
+}
+
+// Invalid changes are refused with the right error and change nothing:
+// not the served model, not the version, not the state file.
+func TestInvalidChangesChangeNothing(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	c, _ := start(t, store.NewFile(path))
+	if _, err := c.SetEndpoints(ctx, "brokers", []model.Endpoint{{Address: "127.0.0.1", Port: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(path)
+	ep := func(addr string, port int) model.Endpoint { return model.Endpoint{Address: addr, Port: port} }
+	for _, tt := range []struct {
+		name string
+		do   func() error
+		want error
+	}{
+		{"unknown cluster", func() error { _, err := c.AddEndpoint(ctx, "nope", ep("127.0.0.1", 2)); return err }, ErrNotFound},
+		{"duplicate", func() error { _, err := c.AddEndpoint(ctx, "brokers", ep("127.0.0.1", 1)); return err }, ErrConflict},
+		{"bad address", func() error { _, err := c.AddEndpoint(ctx, "brokers", ep("broker-1", 2)); return err }, model.ErrInvalid},
+		{"bad port", func() error { _, err := c.AddEndpoint(ctx, "brokers", ep("127.0.0.1", 65536)); return err }, model.ErrInvalid},
+		{"duplicate in a set", func() error {
+			_, err := c.SetEndpoints(ctx, "brokers", []model.Endpoint{ep("127.0.0.1", 5), ep("127.0.0.1", 5)})
+			return err
+		}, model.ErrInvalid},
+		{"remove missing", func() error { _, err := c.RemoveEndpoint(ctx, "brokers", ep("127.0.0.1", 9)); return err }, ErrNotFound},
+	} {
+		if err := tt.do(); !errors.Is(err, tt.want) {
+			t.Errorf("%s: %v, want %v", tt.name, err, tt.want)
+		}
+	}
+	after, _ := os.ReadFile(path)
+	if string(before) != string(after) || c.Version() != 2 {
+		t.Errorf("state changed: version %d", c.Version())
+	}
+}
+
+// When the store cannot persist a change, it is not served.
+func TestUnpersistedChangeIsNotServed(t *testing.T) {
+	c, srv := start(t, store.NewFile(filepath.Join(t.TempDir(), "missing-dir", "state.json")))
+	if _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 2}); err == nil {
+		t.Fatal("accepted")
+	}
+	if m, v := srv.Served(); v != 1 || len(m.Cluster("brokers").Endpoints) != 3 {
+		t.Errorf("served version %d with %v", v, m.Cluster("brokers").Endpoints)
+	}
+}
+
+// refusingServer refuses every change; it stands for a server that finds
+// a model it cannot translate.
+type refusingServer struct{ *server.Server }
+
+func (refusingServer) Prepare(*model.Model, uint64) (func(), error) {
+	return nil, errors.New("refused")
+}
+
+// When the server refuses a change, the store is not written.
+func TestRefusedChangeIsNotPersisted(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	_, srv := start(t, store.NewFile(path))
+	c := New(model.Default(), store.NewFile(path), refusingServer{srv}, nil)
+	if _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 2}); err == nil {
+		t.Fatal("accepted")
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state file written after a refused change: %v", err)
+	}
+}
+
+// sharedStore is a memory store written by another replica, which the
+// controller hears of through Watch.
+type sharedStore struct {
+	*store.File
+	changes chan store.State
+}
+
+func (s sharedStore) Watch(context.Context) <-chan store.State { return s.changes }
+
+// A change another writer stored is served at the stored version; one
+// this replica cannot serve is skipped, and the last good one stays.
+func TestChangesMadeElsewhereAreServed(t *testing.T) {
+	st := sharedStore{store.NewFile(""), make(chan store.State)}
+	c, srv := start(t, st)
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	st.changes <- store.State{Version: 7, Clusters: map[string][]model.Endpoint{"brokers": {{Address: "127.0.0.9", Port: 9}}}}
+	st.changes <- store.State{Version: 8, Clusters: map[string][]model.Endpoint{"brokers": {{Address: "not-an-ip", Port: 9}}}}
+	st.changes <- store.State{Version: 6, Clusters: map[string][]model.Endpoint{"brokers": {}}}
+	close(st.changes)
+	<-done
+	m, v := srv.Served()
+	if v != 7 || len(m.Cluster("brokers").Endpoints) != 1 || m.Cluster("brokers").Endpoints[0].Address != "127.0.0.9" {
+		t.Errorf("served version %d: %+v", v, m.Cluster("brokers").Endpoints)
+	}
+}
