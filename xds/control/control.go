@@ -139,11 +139,11 @@ func (c *Controller) SetEndpoints(ctx context.Context, cluster string, eps []mod
 
 // AddEndpoint adds one endpoint; adding one that exists is a conflict.
 func (c *Controller) AddEndpoint(ctx context.Context, cluster string, ep model.Endpoint) (uint64, error) {
-	ep.SetDefaults()
+	ep, err := checked(ep)
+	if err != nil {
+		return 0, err
+	}
 	return c.change(ctx, cluster, func(cl *model.Cluster) error {
-		if err := ep.Validate(); err != nil {
-			return fmt.Errorf("%w: %v", model.ErrInvalid, err)
-		}
 		if slices.ContainsFunc(cl.Endpoints, func(e model.Endpoint) bool { return e.Key() == ep.Key() }) {
 			return fmt.Errorf("%w: endpoint %s is already in cluster %q", ErrConflict, ep.Key(), cluster)
 		}
@@ -154,11 +154,11 @@ func (c *Controller) AddEndpoint(ctx context.Context, cluster string, ep model.E
 
 // RemoveEndpoint removes the endpoint with ep's address and port.
 func (c *Controller) RemoveEndpoint(ctx context.Context, cluster string, ep model.Endpoint) (uint64, error) {
-	ep.SetDefaults()
+	ep, err := checked(ep)
+	if err != nil {
+		return 0, err
+	}
 	return c.change(ctx, cluster, func(cl *model.Cluster) error {
-		if err := ep.Validate(); err != nil {
-			return fmt.Errorf("%w: %v", model.ErrInvalid, err)
-		}
 		i := slices.IndexFunc(cl.Endpoints, func(e model.Endpoint) bool { return e.Key() == ep.Key() })
 		if i < 0 {
 			return fmt.Errorf("%w: endpoint %s is not in cluster %q", ErrNotFound, ep.Key(), cluster)
@@ -166,6 +166,15 @@ func (c *Controller) RemoveEndpoint(ctx context.Context, cluster string, ep mode
 		cl.Endpoints = slices.Delete(cl.Endpoints, i, i+1)
 		return nil
 	})
+}
+
+// checked returns ep with its defaults set, or why it is not an endpoint.
+func checked(ep model.Endpoint) (model.Endpoint, error) {
+	ep.SetDefaults()
+	if err := ep.Validate(); err != nil {
+		return ep, fmt.Errorf("%w: %v", model.ErrInvalid, err)
+	}
+	return ep, nil
 }
 
 // change applies edit to a copy of the served cluster, then validates,
