@@ -47,12 +47,12 @@ func TestClusterAcrossBrokersThroughEnvoy(t *testing.T) {
 func TestClusterAcrossProcesses(t *testing.T) {
 	var peers, logs []string
 	for i := range 3 {
-		peers = append(peers, fmt.Sprintf("127.0.1.%d:28831", i+1))
+		peers = append(peers, peerAddr(i+1))
 	}
 	dir := t.TempDir()
 	var addrs []string
 	for i := range 3 {
-		addr := fmt.Sprintf("127.0.1.%d:18831", i+1)
+		addr := brokerAddr(i + 1)
 		addrs = append(addrs, addr)
 		logPath := filepath.Join(dir, fmt.Sprintf("b%d.log", i+1))
 		logs = append(logs, logPath)

@@ -103,8 +103,23 @@ func envoyBinary(t testing.TB) string {
 	return bin
 }
 
+// brokerNet is the loopback /24 the tests' brokers listen in: 127.0.1 by
+// default, 127.0.N with MQTT_STICKY_TEST_NET=N, so that two checkouts can
+// run their end-to-end tests on one machine at the same time.
+func brokerNet() string {
+	if n, err := strconv.Atoi(os.Getenv("MQTT_STICKY_TEST_NET")); err == nil && n > 1 && n < 255 {
+		return fmt.Sprintf("127.0.%d", n)
+	}
+	return "127.0.1"
+}
+
+// brokerAddr is the fixed address of the test's broker i (from 1), and
+// peerAddr the address its peers link to.
+func brokerAddr(i int) string { return fmt.Sprintf("%s.%d:18831", brokerNet(), i) }
+func peerAddr(i int) string   { return fmt.Sprintf("%s.%d:28831", brokerNet(), i) }
+
 // startBrokers starts n brokers that require a PROXY header, broker i on
-// 127.0.1.i:18831. Fixed addresses make the hash ring the same on every
+// brokerAddr(i). Fixed addresses make the hash ring the same on every
 // run, so the measured fractions of moved clients are reproducible.
 func startBrokers(t testing.TB, n int) []*broker.Broker {
 	t.Helper()
@@ -112,19 +127,19 @@ func startBrokers(t testing.TB, n int) []*broker.Broker {
 }
 
 // startBrokerSet is startBrokers; with clustered set, the brokers also
-// link to each other on 127.0.1.i:28831 and forward publishes, and it
+// link to each other on peerAddr(i) and forward publishes, and it
 // returns once every link is up.
 func startBrokerSet(t testing.TB, n int, clustered bool) []*broker.Broker {
 	t.Helper()
 	var peers []string
 	for i := range n {
-		peers = append(peers, fmt.Sprintf("127.0.1.%d:28831", i+1))
+		peers = append(peers, peerAddr(i+1))
 	}
 	var bs []*broker.Broker
 	for i := range n {
 		opts := broker.Options{
 			Name:          fmt.Sprintf("b%d", i+1),
-			Listen:        fmt.Sprintf("127.0.1.%d:18831", i+1),
+			Listen:        brokerAddr(i + 1),
 			ProxyProtocol: broker.ProxyRequired,
 			Logger:        testLogger(t),
 		}
