@@ -66,7 +66,7 @@ func envoyConfig(listenPort, adminPort int, brokers []string, lb lbKind, withFil
 	if err != nil {
 		return nil, err
 	}
-	l := res.Listeners[0].(*listenerv3.Listener)
+	l := res.StaticListeners()[0]
 	c := res.Clusters[0].(*clusterv3.Cluster)
 	c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
 	c.EdsClusterConfig = nil

@@ -214,9 +214,9 @@ func (f *Filter) route(c *mqtt.Connect) Status {
 		f.refuse(RejectInternal, "Envoy refused the routing key", "is the "+contract.FilterStateKey+" object factory linked in?")
 		return Stop
 	}
-	f.conn.SetMetadata("client_id", c.ClientID)
+	f.conn.SetMetadata("client_id", logSafe(c.ClientID))
 	if c.HasUsername {
-		f.conn.SetMetadata("username", c.Username)
+		f.conn.SetMetadata("username", logSafe(c.Username))
 	}
 	f.conn.SetMetadata("protocol_version", c.Level.String())
 	f.conn.SetMetadataNumber("keep_alive", float64(c.KeepAlive))

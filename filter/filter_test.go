@@ -107,6 +107,28 @@ func TestRoutesOnClientID(t *testing.T) {
 	}
 }
 
+// A client ID or user name with control characters routes on its exact
+// bytes, but reaches the metadata (and so any access log) escaped.
+func TestMetadataIsSafeForLogs(t *testing.T) {
+	f, c := newFilter(t, "")
+	id := "dev\n[2026-01-01T00:00:00Z] forged\x1b[31m\x07\u0085é"
+	if st := f.OnRead([][]byte{connect(mqtt.Level311, id, "a\rb")}, false); st != Routed {
+		t.Fatalf("OnRead = %v", st)
+	}
+	if *c.hashKey != id {
+		t.Errorf("routing key %q, want the exact client ID", *c.hashKey)
+	}
+	want := map[string]string{
+		"client_id": `dev\u000a[2026-01-01T00:00:00Z] forged\u001b[31m\u0007\u0085é`,
+		"username":  `a\u000db`,
+	}
+	for k, v := range want {
+		if c.metadata[k] != v {
+			t.Errorf("metadata %s = %q, want %q", k, c.metadata[k], v)
+		}
+	}
+}
+
 func TestRoutesOnUsername(t *testing.T) {
 	f, c := newFilter(t, `{"hash_key": "username"}`)
 	if st := f.OnRead([][]byte{connect(mqtt.Level311, "dev-1", "tenant-a")}, false); st != Routed || *c.hashKey != "tenant-a" {

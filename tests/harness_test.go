@@ -340,11 +340,31 @@ func (s *staticStack) stats(t testing.TB) map[string]int64 {
 
 func filterStats(t testing.TB, p *envoyproc.Process) map[string]int64 {
 	t.Helper()
-	st, err := p.Stats(context.Background(), "mqtt_sticky.")
+	return envoyStats(t, p, "mqtt_sticky.")
+}
+
+// envoyStats returns an Envoy's counters and gauges whose names start with
+// prefix.
+func envoyStats(t testing.TB, p *envoyproc.Process, prefix string) map[string]int64 {
+	t.Helper()
+	st, err := p.Stats(context.Background(), prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// waitFor polls cond until it holds, and fails the test if it does not
+// within the given time.
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for backoff := 5 * time.Millisecond; !cond(); backoff = min(backoff*2, 200*time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, within)
+		}
+		time.Sleep(backoff)
+	}
 }
 
 // source returns the loopback address 127.0.0.n, standing for client n's IP.

@@ -148,7 +148,7 @@ type xdsEnvoy struct {
 
 // startXDSEnvoy starts an Envoy from envoy/bootstrap.yaml pointed at the
 // control plane, with ADS state of the world, or delta when delta is set.
-func startXDSEnvoy(t *testing.T, cp *controlPlane, nodeID string, delta bool) *xdsEnvoy {
+func startXDSEnvoy(t *testing.T, cp *controlPlane, nodeID string, delta bool, extraArgs ...string) *xdsEnvoy {
 	t.Helper()
 	root, err := envoyproc.RepoRoot()
 	if err != nil {
@@ -183,6 +183,7 @@ func startXDSEnvoy(t *testing.T, cp *controlPlane, nodeID string, delta bool) *x
 		LogPath:    logPath,
 		NodeID:     nodeID,
 		Cluster:    "mqtt-sticky",
+		ExtraArgs:  extraArgs,
 	})
 	return &xdsEnvoy{Process: p, nodeID: nodeID, log: logPath}
 }
@@ -356,11 +357,18 @@ func countByBroker(m map[string]string) map[string]int {
 }
 
 // accessLine is one access-log line written by the listener's access log.
+// accessLine is one entry of the JSON access log the control plane
+// configures.
 type accessLine struct {
-	clientID, from, broker string
+	ClientID string `json:"client_id"`
+	From     string `json:"client_address"`
+	Broker   string `json:"broker"`
 }
 
-// accessLogLines reads the mqtt access-log lines from an Envoy log file.
+// accessLogLines reads the access-log entries from an Envoy log, which
+// also holds Envoy's own log lines. Every line that starts as a JSON
+// object must be one whole entry: a line a client forged, or an entry
+// split over two lines, fails the test.
 func accessLogLines(t *testing.T, path string) []accessLine {
 	t.Helper()
 	data, err := os.ReadFile(path)
@@ -369,20 +377,16 @@ func accessLogLines(t *testing.T, path string) []accessLine {
 	}
 	var out []accessLine
 	for _, line := range strings.Split(string(data), "\n") {
-		if !strings.Contains(line, "] mqtt client_id=") {
+		if !strings.HasPrefix(line, "{") {
+			if strings.Contains(line, `"client_id"`) {
+				t.Errorf("access-log entry split over lines: %q", line)
+			}
 			continue
 		}
 		var l accessLine
-		for _, field := range strings.Fields(line) {
-			k, v, _ := strings.Cut(field, "=")
-			switch k {
-			case "client_id":
-				l.clientID = v
-			case "from":
-				l.from = v
-			case "broker":
-				l.broker = v
-			}
+		if err := json.Unmarshal([]byte(line), &l); err != nil {
+			t.Errorf("access-log line is not one JSON object: %v: %q", err, line)
+			continue
 		}
 		out = append(out, l)
 	}

@@ -1,14 +1,21 @@
 package tests
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	paho3 "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/broker"
 )
 
@@ -150,8 +157,8 @@ func TestTwoEnvoysAgree(t *testing.T) {
 		lines := accessLogLines(t, e.log)
 		served[e.nodeID] = len(lines)
 		for _, l := range lines {
-			if want := perEnvoy["all"][l.clientID]; want != "" && brokerByAddr(brokers, l.broker) != want {
-				t.Errorf("%s sent %s to %s, but it belongs on %s", e.nodeID, l.clientID, l.broker, want)
+			if want := perEnvoy["all"][l.ClientID]; want != "" && brokerByAddr(brokers, l.Broker) != want {
+				t.Errorf("%s sent %s to %s, but it belongs on %s", e.nodeID, l.ClientID, l.Broker, want)
 			}
 		}
 	}
@@ -411,4 +418,135 @@ func runCLI(t *testing.T, cp *controlPlane, args ...string) (string, int) {
 		code = cmd.ProcessState.ExitCode()
 	}
 	return string(out), code
+}
+
+// Changing a filter setting (here connect_timeout_ms, with a control-plane
+// restart, as an operator editing the config file would) reaches new
+// connections and closes none of the established ones. The filters are
+// served by ECDS, so the listener and its filter chain stay as they are and
+// Envoy starts no drain; inline filter settings would make the change a
+// filter-chain update, and Envoy would close every connection on the old
+// chain when the drain time ends.
+func TestFilterChangeKeepsConnections(t *testing.T) {
+	brokers := startBrokers(t, 3)
+	listenPort := freePort(t)
+	statePath := filepath.Join(t.TempDir(), "state.json")
+	cp := startControlPlane(t, fleetConfig(t, listenPort, brokers, healthOpts), statePath)
+	envoy := startXDSEnvoy(t, cp, "envoy-filter-change", false, "--drain-time-s", "1")
+	envoy.waitHosts(t, cp, brokers, 20*time.Second)
+	addr := fmt.Sprintf("127.0.0.1:%d", listenPort)
+
+	var lost atomic.Int32
+	var held []paho3.Client
+	for i := range 40 {
+		opts := paho3.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(fmt.Sprintf("held-%02d", i)).
+			SetAutoReconnect(false).SetConnectRetry(false).SetKeepAlive(2 * time.Second).
+			SetConnectionLostHandler(func(paho3.Client, error) { lost.Add(1) })
+		c := paho3.NewClient(opts)
+		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("connect %d: %v", i, tok.Error())
+		}
+		held = append(held, c)
+	}
+	t.Cleanup(func() {
+		for _, c := range held {
+			c.Disconnect(0)
+		}
+	})
+	before := envoyStats(t, envoy.Process, "listener_manager.")
+
+	cp.stop(t)
+	changed, err := os.ReadFile(cp.configPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed = []byte(strings.Replace(string(changed), "connect_timeout_ms: 5000", "connect_timeout_ms: 3000", 1))
+	if err := os.WriteFile(cp.configPath, changed, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cp.start(t)
+	waitFor(t, 20*time.Second, "Envoy loads the changed filter config", func() bool {
+		log, _ := os.ReadFile(envoy.log)
+		return strings.Contains(string(log), "connect_timeout_ms=3000")
+	})
+
+	after := envoyStats(t, envoy.Process, "listener_manager.")
+	for _, stat := range []string{"listener_manager.listener_modified", "listener_manager.listener_in_place_updated", "listener_manager.total_filter_chains_draining", "listener_manager.total_listeners_draining"} {
+		if after[stat] != before[stat] {
+			t.Errorf("%s went from %d to %d: the filter change touched the listener", stat, before[stat], after[stat])
+		}
+	}
+	// Every held client still completes a round trip, past the drain time
+	// a listener update would have used, and none lost its connection.
+	for round := range 3 {
+		for i, c := range held {
+			tok := c.Subscribe(fmt.Sprintf("held/%d/%d", i, round), 1, nil)
+			if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+				t.Fatalf("round %d: held client %d: %v", round, i, tok.Error())
+			}
+		}
+	}
+	if n := lost.Load(); n != 0 {
+		t.Errorf("%d of %d held connections were lost", n, len(held))
+	}
+}
+
+// Client IDs that try to forge access-log lines (a newline followed by a
+// whole fake entry, terminal escapes, a bell) through the real Envoy: each
+// connection still logs exactly one JSON entry, with the ID's control
+// characters escaped, and no line the client wrote appears on its own.
+func TestAccessLogResistsHostileClientIDs(t *testing.T) {
+	brokers := startBrokers(t, 3)
+	listenPort := freePort(t)
+	cp := startControlPlane(t, fleetConfig(t, listenPort, brokers, healthOpts), filepath.Join(t.TempDir(), "state.json"))
+	envoy := startXDSEnvoy(t, cp, "envoy-hostile-ids", false)
+	envoy.waitHosts(t, cp, brokers, 20*time.Second)
+	addr := fmt.Sprintf("127.0.0.1:%d", listenPort)
+
+	forged := `{"client_id":"admin","broker":"10.0.0.1:1883","client_address":"10.9.9.9:1"}`
+	hostile := []string{
+		"dev-1\n" + forged,
+		"dev-2\r\n[2026-11-27 00:00:00.000][1][info][main] forged envoy line",
+		"dev-3\x1b[31mred\x1b[0m\x07",
+		"dev-4\u0085next-line",
+	}
+	ctx := context.Background()
+	for i, id := range hostile {
+		c, err := dialFrom(ctx, source(i), addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(rawConnect(mqtt.Level311, id)); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		readPacket(bufio.NewReader(c)) // the broker answers or closes; either way the connection is logged
+		c.Close()
+	}
+	var entries []accessLine
+	waitFor(t, 10*time.Second, "Envoy logs every hostile connection", func() bool {
+		entries = accessLogLines(t, envoy.log)
+		return len(entries) >= len(hostile)
+	})
+	log, _ := os.ReadFile(envoy.log)
+	if strings.Contains(string(log), "\n"+forged) || strings.Contains(string(log), "forged envoy line\n") {
+		t.Errorf("a client's bytes started a line of their own in Envoy's log")
+	}
+	got := map[string]bool{}
+	for _, e := range entries {
+		got[e.ClientID] = true
+		if strings.ContainsFunc(e.ClientID, func(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) }) {
+			t.Errorf("access log carries a raw control character: %q", e.ClientID)
+		}
+	}
+	for _, want := range []string{
+		`dev-1\u000a` + forged,
+		`dev-2\u000d\u000a[2026-11-27 00:00:00.000][1][info][main] forged envoy line`,
+		`dev-3\u001b[31mred\u001b[0m\u0007`,
+		`dev-4\u0085next-line`,
+	} {
+		if !got[want] {
+			t.Errorf("no access-log entry with client_id %q; got %v", want, got)
+		}
+	}
 }

@@ -181,9 +181,10 @@ func buildSnapshot(m *model.Model, version uint64, node string) (*cachev3.Snapsh
 		return nil, err
 	}
 	snap, err := cachev3.NewSnapshot(strconv.FormatUint(version, 10), map[resource.Type][]types.Resource{
-		resource.ListenerType: res.Listeners,
-		resource.ClusterType:  res.Clusters,
-		resource.EndpointType: res.Endpoints,
+		resource.ListenerType:        res.Listeners,
+		resource.ClusterType:         res.Clusters,
+		resource.EndpointType:        res.Endpoints,
+		resource.ExtensionConfigType: res.Filters,
 	})
 	if err != nil {
 		return nil, err

@@ -44,6 +44,8 @@ func shortType(typeURL string) string {
 		return "clusters"
 	case resource.EndpointType:
 		return "endpoints"
+	case resource.ExtensionConfigType:
+		return "filters"
 	}
 	return strings.TrimPrefix(typeURL, resource.APITypePrefix)
 }

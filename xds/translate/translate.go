@@ -37,6 +37,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/mqtt-sticky/mqtt-sticky/contract"
@@ -49,6 +50,10 @@ type Resources struct {
 	Listeners []types.Resource
 	Clusters  []types.Resource
 	Endpoints []types.Resource
+	// Filters are the listeners' network filters (TypedExtensionConfig),
+	// which the listeners name and Envoy fetches by extension config
+	// discovery (ECDS).
+	Filters []types.Resource
 }
 
 // Translate builds the resources for the Envoy whose node ID is nodeID. The
@@ -62,7 +67,11 @@ func Translate(m *model.Model, nodeID string) (*Resources, error) {
 	r := &Resources{}
 	for i := range m.Listeners {
 		l := &m.Listeners[i]
-		r.Listeners = append(r.Listeners, buildListener(l, m.Cluster(l.Cluster)))
+		filters := buildFilters(l, m.Cluster(l.Cluster))
+		r.Listeners = append(r.Listeners, buildListener(l, filters))
+		for _, f := range filters {
+			r.Filters = append(r.Filters, f)
+		}
 	}
 	for i := range m.Clusters {
 		c := &m.Clusters[i]
@@ -72,7 +81,8 @@ func Translate(m *model.Model, nodeID string) (*Resources, error) {
 	sortByName(r.Listeners)
 	sortByName(r.Clusters)
 	sortByName(r.Endpoints)
-	for _, list := range [][]types.Resource{r.Listeners, r.Clusters, r.Endpoints} {
+	sortByName(r.Filters)
+	for _, list := range [][]types.Resource{r.Listeners, r.Clusters, r.Endpoints, r.Filters} {
 		for _, res := range list {
 			if err := validate(res); err != nil {
 				return nil, err
@@ -80,6 +90,28 @@ func Translate(m *model.Model, nodeID string) (*Resources, error) {
 		}
 	}
 	return r, nil
+}
+
+// StaticListeners returns copies of the listeners with each filter's
+// configuration inline instead of its ECDS reference: the form a static
+// Envoy configuration (a benchmark, a test, an example) needs.
+func (r *Resources) StaticListeners() []*listenerv3.Listener {
+	configs := map[string]*anypb.Any{}
+	for _, f := range r.Filters {
+		tc := f.(*corev3.TypedExtensionConfig)
+		configs[tc.GetName()] = tc.GetTypedConfig()
+	}
+	var out []*listenerv3.Listener
+	for _, res := range r.Listeners {
+		l := proto.Clone(res).(*listenerv3.Listener)
+		for _, chain := range l.GetFilterChains() {
+			for _, f := range chain.GetFilters() {
+				f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: configs[f.GetName()]}
+			}
+		}
+		out = append(out, l)
+	}
+	return out
 }
 
 type allValidator interface{ ValidateAll() error }
@@ -95,8 +127,60 @@ func validate(res types.Resource) error {
 	return nil
 }
 
-func buildListener(l *model.Listener, c *model.Cluster) *listenerv3.Listener {
+// buildListener returns a listener whose filter chain names its filters
+// without their configuration, which Envoy fetches by ECDS. Changing a
+// filter's settings then leaves the listener as it is: Envoy gives the new
+// settings to new connections and keeps the connections it has. Were the
+// settings inline, any change would be a filter-chain update, and Envoy
+// would close every connection on the old chain when the drain time ends.
+func buildListener(l *model.Listener, filters []*corev3.TypedExtensionConfig) *listenerv3.Listener {
+	chain := &listenerv3.FilterChain{}
+	for _, f := range filters {
+		chain.Filters = append(chain.Filters, &listenerv3.Filter{
+			Name: f.GetName(),
+			ConfigType: &listenerv3.Filter_ConfigDiscovery{ConfigDiscovery: &corev3.ExtensionConfigSource{
+				ConfigSource: adsSource(),
+				TypeUrls:     []string{f.GetTypedConfig().GetTypeUrl()},
+			}},
+		})
+	}
+	return &listenerv3.Listener{
+		Name:                          l.Name,
+		Address:                       socketAddress(l.Address, l.Port),
+		PerConnectionBufferLimitBytes: wrapperspb.UInt32(l.BufferLimitBytes),
+		FilterChains:                  []*listenerv3.FilterChain{chain},
+	}
+}
+
+// FilterName is the name of a listener's filter: the ECDS resource and the
+// listener's Filter both carry it.
+func FilterName(listener, filter string) string { return listener + "." + filter }
+
+// buildFilters returns a listener's network filters in chain order: the
+// mqtt_sticky filter, then tcp_proxy hashing on its routing key.
+func buildFilters(l *model.Listener, c *model.Cluster) []*corev3.TypedExtensionConfig {
+	return []*corev3.TypedExtensionConfig{
+		{Name: FilterName(l.Name, contract.FilterName), TypedConfig: mustAny(stickyFilter(l))},
+		{Name: FilterName(l.Name, "tcp_proxy"), TypedConfig: mustAny(tcpProxy(l, c))},
+	}
+}
+
+func stickyFilter(l *model.Listener) *dmfilterv3.DynamicModuleNetworkFilter {
 	filterJSON, _ := json.Marshal(l.Filter) // a struct of strings and ints: cannot fail
+	return &dmfilterv3.DynamicModuleNetworkFilter{
+		DynamicModuleConfig: &dynmodv3.DynamicModuleConfig{
+			Name:             l.ModuleName,
+			MetricsNamespace: contract.MetricsNamespace,
+			// A Go runtime cannot be unloaded: keep the module loaded when
+			// an update drops the last user of a config.
+			DoNotClose: true,
+		},
+		FilterName:   contract.FilterName,
+		FilterConfig: mustAny(wrapperspb.String(string(filterJSON))),
+	}
+}
+
+func tcpProxy(l *model.Listener, c *model.Cluster) *tcpproxyv3.TcpProxy {
 	tcp := &tcpproxyv3.TcpProxy{
 		StatPrefix:       l.Name,
 		ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: c.Name},
@@ -111,48 +195,47 @@ func buildListener(l *model.Listener, c *model.Cluster) *listenerv3.Listener {
 	if l.AccessLog {
 		tcp.AccessLog = []*accesslogv3.AccessLog{accessLog()}
 	}
-	return &listenerv3.Listener{
-		Name:                          l.Name,
-		Address:                       socketAddress(l.Address, l.Port),
-		PerConnectionBufferLimitBytes: wrapperspb.UInt32(l.BufferLimitBytes),
-		FilterChains: []*listenerv3.FilterChain{{
-			Filters: []*listenerv3.Filter{
-				{
-					Name: "envoy.filters.network.dynamic_modules",
-					ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&dmfilterv3.DynamicModuleNetworkFilter{
-						DynamicModuleConfig: &dynmodv3.DynamicModuleConfig{
-							Name:             l.ModuleName,
-							MetricsNamespace: contract.MetricsNamespace,
-							// A Go runtime cannot be unloaded: keep the module
-							// loaded when a listener update drops the last user.
-							DoNotClose: true,
-						},
-						FilterName:   contract.FilterName,
-						FilterConfig: mustAny(wrapperspb.String(string(filterJSON))),
-					})},
-				},
-				{
-					Name:       "envoy.filters.network.tcp_proxy",
-					ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(tcp)},
-				},
-			},
-		}},
+	return tcp
+}
+
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
 	}
 }
 
-// accessLogFormat logs one line per client connection when it closes.
-const accessLogFormat = "[%START_TIME%] mqtt client_id=%DYNAMIC_METADATA(mqtt:client_id)% " +
-	"version=%DYNAMIC_METADATA(mqtt:protocol_version)% from=%DOWNSTREAM_REMOTE_ADDRESS% " +
-	"broker=%UPSTREAM_HOST% duration_ms=%DURATION% rx=%BYTES_RECEIVED% tx=%BYTES_SENT% flags=%RESPONSE_FLAGS%\n"
+// accessLogFields are the access log's JSON fields, one object per client
+// connection when it closes. JSON, not text: Envoy writes text formats raw,
+// so a client ID holding a newline could forge a whole log line, while its
+// JSON formatter escapes every control character.
+var accessLogFields = map[string]string{
+	"start_time":       "%START_TIME%",
+	"client_id":        "%DYNAMIC_METADATA(" + contract.MetadataNamespace + ":client_id)%",
+	"protocol_version": "%DYNAMIC_METADATA(" + contract.MetadataNamespace + ":protocol_version)%",
+	"client_address":   "%DOWNSTREAM_REMOTE_ADDRESS%",
+	"broker":           "%UPSTREAM_HOST%",
+	"duration_ms":      "%DURATION%",
+	"bytes_received":   "%BYTES_RECEIVED%",
+	"bytes_sent":       "%BYTES_SENT%",
+	"response_flags":   "%RESPONSE_FLAGS%",
+	"termination":      "%CONNECTION_TERMINATION_DETAILS%",
+}
 
 func accessLog() *accesslogv3.AccessLog {
+	fields := map[string]any{}
+	for k, v := range accessLogFields {
+		fields[k] = v
+	}
+	format, err := structpb.NewStruct(fields)
+	if err != nil {
+		panic(fmt.Sprintf("translate: access log format: %v", err)) // only strings: cannot fail
+	}
 	return &accesslogv3.AccessLog{
 		Name: "envoy.access_loggers.stdout",
 		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(&streamv3.StdoutAccessLog{
 			AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
-				Format: &corev3.SubstitutionFormatString_TextFormatSource{TextFormatSource: &corev3.DataSource{
-					Specifier: &corev3.DataSource_InlineString{InlineString: accessLogFormat},
-				}},
+				Format: &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: format},
 			}},
 		})},
 	}
@@ -162,10 +245,7 @@ func buildCluster(c *model.Cluster, nodeID string) *clusterv3.Cluster {
 	cl := &clusterv3.Cluster{
 		Name:                 c.Name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
-		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{EdsConfig: &corev3.ConfigSource{
-			ResourceApiVersion:    corev3.ApiVersion_V3,
-			ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
-		}},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource()},
 		ConnectTimeout: durationpb.New(c.ConnectTimeout.D()),
 		// A broker removed through the API must stop receiving clients at
 		// once. By default Envoy keeps a removed host while it still passes

@@ -70,7 +70,7 @@ func TestGolden(t *testing.T) {
 func render(t *testing.T, r *Resources) []byte {
 	t.Helper()
 	doc := map[string][]any{}
-	for kind, list := range map[string][]types.Resource{"listeners": r.Listeners, "clusters": r.Clusters, "endpoints": r.Endpoints} {
+	for kind, list := range map[string][]types.Resource{"listeners": r.Listeners, "clusters": r.Clusters, "endpoints": r.Endpoints, "filters": r.Filters} {
 		doc[kind] = []any{}
 		for _, res := range list {
 			b, err := protojson.Marshal(res)
