@@ -246,7 +246,7 @@ func buildCluster(c *model.Cluster, nodeID string) *clusterv3.Cluster {
 		Name:                 c.Name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource()},
-		ConnectTimeout: durationpb.New(c.ConnectTimeout.D()),
+		ConnectTimeout:       durationpb.New(c.ConnectTimeout.D()),
 		// A broker removed through the API must stop receiving clients at
 		// once. By default Envoy keeps a removed host while it still passes
 		// health checks, so removals would only take effect when it dies.
