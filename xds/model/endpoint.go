@@ -11,22 +11,34 @@ import (
 // Endpoint is one broker. The API, the CLI, the config file and the state
 // file all read and write it in this form.
 type Endpoint struct {
+	// Name is the broker's stable identity: when set, Envoy's consistent
+	// hash uses it instead of the address, so a broker that returns on a
+	// new address under the same name keeps its clients. DNS SRV discovery
+	// sets it to the target host name.
+	Name    string `json:"name,omitempty"`
 	Address string `json:"address"`
 	Port    int    `json:"port"`
 	Weight  uint32 `json:"weight,omitempty"`
 }
 
-// ParseEndpoint reads the text form of an endpoint, ADDRESS:PORT with an
-// optional =WEIGHT; IPv6 addresses go in brackets: [fd00::1]:1883=2.
-// Without a weight the result's Weight is 0, which SetDefaults makes 1.
-// The values are validated as Validate does.
+// maxEndpointName is a DNS name's longest text form.
+const maxEndpointName = 253
+
+// ParseEndpoint reads the text form of an endpoint, [NAME@]ADDRESS:PORT
+// with an optional =WEIGHT; IPv6 addresses go in brackets:
+// emqx-0@[fd00::1]:1883=2. Without a weight the result's Weight is 0,
+// which SetDefaults makes 1. The values are validated as Validate does.
 func ParseEndpoint(s string) (Endpoint, error) {
-	spec, weight, hasWeight := strings.Cut(s, "=")
-	ap, err := netip.ParseAddrPort(spec)
-	if err != nil {
-		return Endpoint{}, invalid("endpoint %q: want ADDRESS:PORT[=WEIGHT], like 127.0.0.1:18831, 127.0.0.1:18831=2 or [fd00::1]:1883", s)
+	name, rest, hasName := strings.Cut(s, "@")
+	if !hasName {
+		name, rest = "", s
 	}
-	e := Endpoint{Address: ap.Addr().String(), Port: int(ap.Port())}
+	spec, weight, hasWeight := strings.Cut(rest, "=")
+	ap, err := netip.ParseAddrPort(spec)
+	if err != nil || (hasName && name == "") {
+		return Endpoint{}, invalid("endpoint %q: want [NAME@]ADDRESS:PORT[=WEIGHT], like 127.0.0.1:18831, emqx-0@127.0.0.1:18831=2 or [fd00::1]:1883", s)
+	}
+	e := Endpoint{Name: name, Address: ap.Addr().String(), Port: int(ap.Port())}
 	if hasWeight {
 		w, err := strconv.ParseUint(weight, 10, 32)
 		if err != nil {
@@ -40,6 +52,33 @@ func ParseEndpoint(s string) (Endpoint, error) {
 		return Endpoint{}, invalid("%v", err)
 	}
 	return e, nil
+}
+
+// ParseEndpointRef reads how an operator names an endpoint to remove: its
+// text form (ParseEndpoint, without a weight) or its name alone. The
+// result has only the parts given: Address is empty for a bare name.
+func ParseEndpointRef(s string) (Endpoint, error) {
+	if e, err := ParseEndpoint(s); err == nil {
+		if e.Weight != 0 {
+			return Endpoint{}, invalid("endpoint %q: name it as [NAME@]ADDRESS:PORT or NAME, without a weight", s)
+		}
+		return e, nil
+	} else if strings.ContainsAny(s, ":@=") {
+		return Endpoint{}, err
+	}
+	if !validEndpointName(s) {
+		return Endpoint{}, invalid("endpoint %q: want ADDRESS:PORT, NAME@ADDRESS:PORT or a broker name", s)
+	}
+	return Endpoint{Name: s}, nil
+}
+
+// Refers reports whether ref, from ParseEndpointRef, names e: the parts
+// ref gives must all match.
+func (e Endpoint) Refers(ref Endpoint) bool {
+	if ref.Address != "" && (ref.Key() != e.Key()) {
+		return false
+	}
+	return ref.Name == "" || ref.Name == e.Name
 }
 
 // ParseEndpoints reads a comma-separated list of endpoints in
@@ -59,16 +98,28 @@ func ParseEndpoints(list string) ([]Endpoint, error) {
 // String is the endpoint's text form, as ParseEndpoint reads it.
 func (e Endpoint) String() string {
 	s := e.Key()
+	if e.Name != "" {
+		s = e.Name + "@" + s
+	}
 	if e.Weight > 1 {
 		s += "=" + strconv.FormatUint(uint64(e.Weight), 10)
 	}
 	return s
 }
 
-// Key identifies an endpoint within a cluster: "address:port". The address
-// must be valid (see Validate).
+// Key is an endpoint's address within a cluster: "address:port". The
+// address must be valid (see Validate).
 func (e Endpoint) Key() string {
 	return netip.AddrPortFrom(netip.MustParseAddr(e.Address), uint16(e.Port)).String()
+}
+
+// HashKey is what Envoy's consistent hash identifies the endpoint by: its
+// name when it has one, else its address (Envoy's own default).
+func (e Endpoint) HashKey() string {
+	if e.Name != "" {
+		return e.Name
+	}
+	return e.Key()
 }
 
 // SetDefaults gives an endpoint without a weight the default weight.
@@ -82,7 +133,7 @@ func (e *Endpoint) SetDefaults() {
 func (e Endpoint) Validate() error {
 	a, err := netip.ParseAddr(e.Address)
 	if err != nil || a.Zone() != "" {
-		return fmt.Errorf("endpoint address %q is not an IP address (Envoy does not resolve names in EDS; give the broker a fixed IP)", e.Address)
+		return fmt.Errorf("endpoint address %q is not an IP address (Envoy does not resolve names in EDS; give the broker a fixed IP, or use DNS discovery)", e.Address)
 	}
 	if a.IsUnspecified() || a.IsMulticast() {
 		return fmt.Errorf("endpoint address %s cannot be a broker address", e.Address)
@@ -93,13 +144,30 @@ func (e Endpoint) Validate() error {
 	if e.Weight < 1 || e.Weight > maxWeight {
 		return fmt.Errorf("endpoint %s:%d: weight %d must be between 1 and %d", e.Address, e.Port, e.Weight, maxWeight)
 	}
+	if e.Name != "" && !validEndpointName(e.Name) {
+		return fmt.Errorf("endpoint %s:%d: name %q must be up to %d letters, digits, '-', '_' or '.' (a host name)", e.Address, e.Port, e.Name, maxEndpointName)
+	}
 	return nil
 }
 
+// validEndpointName accepts host names, the names SRV records give.
+func validEndpointName(s string) bool {
+	if s == "" || len(s) > maxEndpointName || s[0] == '.' || s[0] == '-' {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
+
 // ValidateEndpoints checks one cluster's endpoint set: IP addresses, ports
-// in range, weights in range, no duplicates.
+// in range, weights in range, no address and no name listed twice.
 func ValidateEndpoints(cluster string, eps []Endpoint) error {
 	seen := map[string]bool{}
+	names := map[string]string{}
 	for _, e := range eps {
 		if err := e.Validate(); err != nil {
 			return invalid("cluster %q: %v", cluster, err)
@@ -109,18 +177,38 @@ func ValidateEndpoints(cluster string, eps []Endpoint) error {
 			return invalid("cluster %q: endpoint %s is listed twice", cluster, k)
 		}
 		seen[k] = true
+		if e.Name == "" {
+			continue
+		}
+		if other, dup := names[e.Name]; dup {
+			return invalid("cluster %q: endpoints %s and %s share the name %q: a name identifies one broker", cluster, other, k, e.Name)
+		}
+		names[e.Name] = k
 	}
 	return nil
 }
 
-// SortEndpoints orders endpoints by address then port, so output and
-// versions do not depend on the order changes arrived in.
+// SortEndpoints puts endpoints in the order every output and version uses:
+// unnamed endpoints by address then port, then named ones by name. A named
+// broker that moves to a new address therefore keeps its place.
 func SortEndpoints(eps []Endpoint) {
-	slices.SortFunc(eps, func(a, b Endpoint) int {
-		aa, ba := netip.MustParseAddr(a.Address), netip.MustParseAddr(b.Address)
-		if c := aa.Compare(ba); c != 0 {
+	slices.SortFunc(eps, compareEndpoints)
+}
+
+func compareEndpoints(a, b Endpoint) int {
+	switch {
+	case a.Name != "" && b.Name != "":
+		if c := strings.Compare(a.Name, b.Name); c != 0 {
 			return c
 		}
-		return a.Port - b.Port
-	})
+	case a.Name != "":
+		return 1
+	case b.Name != "":
+		return -1
+	}
+	aa, ba := netip.MustParseAddr(a.Address), netip.MustParseAddr(b.Address)
+	if c := aa.Compare(ba); c != 0 {
+		return c
+	}
+	return a.Port - b.Port
 }

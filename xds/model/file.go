@@ -43,6 +43,11 @@ func ParseFile(data []byte) (*File, error) {
 	if err := f.Validate(); err != nil {
 		return nil, err
 	}
+	for _, c := range f.Clusters {
+		if c.Discovered() && len(c.Endpoints) > 0 {
+			return nil, invalid("cluster %q: its endpoints come from discovery; remove the endpoints list", c.Name)
+		}
+	}
 	return f, nil
 }
 

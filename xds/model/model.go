@@ -70,7 +70,20 @@ const (
 	HealthMQTT HealthCheckType = "mqtt"
 	// HealthTCP only opens a connection (and sends the PROXY header).
 	HealthTCP HealthCheckType = "tcp"
-	HealthOff HealthCheckType = "off"
+	// HealthHTTP sends GET path to the broker's management port, on a
+	// plain socket (no PROXY header), and expects one of the statuses.
+	HealthHTTP HealthCheckType = "http"
+	// HealthEMQX is HealthHTTP preset for EMQX 5's availability check,
+	// which answers 503 while the node is being evacuated.
+	HealthEMQX HealthCheckType = "emqx"
+	HealthOff  HealthCheckType = "off"
+)
+
+// The EMQX 5 availability check: its dashboard listener answers 200, or
+// 503 while the node is being evacuated, without authentication.
+const (
+	EMQXHealthPort = 18083
+	EMQXHealthPath = "/api/v5/load_rebalance/availability_check"
 )
 
 // Duration is a time.Duration written as "5s" in JSON and YAML.
@@ -95,14 +108,55 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 
 // HealthCheck configures active health checking of a cluster's brokers.
 type HealthCheck struct {
-	Type               HealthCheckType `json:"type"`
-	Interval           Duration        `json:"interval,omitempty"`
-	Timeout            Duration        `json:"timeout,omitempty"`
-	UnhealthyThreshold uint32          `json:"unhealthy_threshold,omitempty"`
-	HealthyThreshold   uint32          `json:"healthy_threshold,omitempty"`
+	Type     HealthCheckType `json:"type"`
+	Interval Duration        `json:"interval,omitempty"`
+	// UnhealthyInterval is how often an unhealthy broker is probed; it is
+	// short, so a broker that comes back gets clients again within about
+	// a second. It defaults to the smaller of 1s and Interval.
+	UnhealthyInterval  Duration `json:"unhealthy_interval,omitempty"`
+	Timeout            Duration `json:"timeout,omitempty"`
+	UnhealthyThreshold uint32   `json:"unhealthy_threshold,omitempty"`
+	HealthyThreshold   uint32   `json:"healthy_threshold,omitempty"`
 	// ClientIDPrefix starts the client ID of the MQTT probe; the Envoy node
 	// ID follows, so every Envoy probes with its own ID.
 	ClientIDPrefix string `json:"client_id_prefix,omitempty"`
+	// Port, Path and Expect configure the http check (emqx presets them):
+	// GET Path on each broker's Port answers one of the Expect statuses.
+	Port   int    `json:"port,omitempty"`
+	Path   string `json:"path,omitempty"`
+	Expect []int  `json:"expect,omitempty"`
+}
+
+// IsHTTP reports whether the check probes a management port over HTTP.
+func (h HealthCheck) IsHTTP() bool { return h.Type == HealthHTTP || h.Type == HealthEMQX }
+
+// Discovery says where a cluster's endpoints come from when not from the
+// config file and the API.
+type Discovery struct {
+	DNS *DNSDiscovery `json:"dns,omitempty"`
+}
+
+// DNSRecord is the record type DNS discovery queries.
+type DNSRecord string
+
+const (
+	// RecordA queries A and AAAA records: every address is a broker on Port.
+	RecordA DNSRecord = "a"
+	// RecordSRV queries SRV records: every target is a broker, named by its
+	// host name, on the port the record gives.
+	RecordSRV DNSRecord = "srv"
+)
+
+// DNSDiscovery resolves a DNS name every Interval and serves the answer as
+// the cluster's endpoints.
+type DNSDiscovery struct {
+	Name     string    `json:"name"`
+	Port     int       `json:"port,omitempty"`
+	Record   DNSRecord `json:"record,omitempty"`
+	Interval Duration  `json:"interval,omitempty"`
+	// Resolver is the DNS server, IP[:PORT]; empty means the first
+	// nameserver of /etc/resolv.conf.
+	Resolver string `json:"resolver,omitempty"`
 }
 
 // CircuitBreakers bound the connections Envoy opens to a cluster. Envoy's
@@ -131,9 +185,15 @@ type Cluster struct {
 	// HealthyPanicThreshold is Envoy's panic threshold in percent. The
 	// default 0 disables panic mode: with hashing, panic mode would pin
 	// the clients of a dead broker to it.
-	HealthyPanicThreshold *uint32    `json:"healthy_panic_threshold,omitempty"`
-	Endpoints             []Endpoint `json:"endpoints"`
+	HealthyPanicThreshold *uint32 `json:"healthy_panic_threshold,omitempty"`
+	// Discovery, when set, supplies the endpoints: the API refuses to
+	// change them by hand.
+	Discovery *Discovery `json:"discovery,omitempty"`
+	Endpoints []Endpoint `json:"endpoints"`
 }
+
+// Discovered reports whether the cluster's endpoints come from discovery.
+func (c *Cluster) Discovered() bool { return c.Discovery != nil }
 
 // Defaults.
 const (
@@ -152,6 +212,9 @@ const (
 	DefaultUnhealthy      = 2
 	DefaultHealthy        = 1
 	DefaultHealthClientID = "mqtt-sticky-hc-"
+	DefaultUnhealthyEvery = Duration(time.Second)
+	DefaultDNSInterval    = Duration(5 * time.Second)
+	minDNSInterval        = 100 * time.Millisecond
 	DefaultListenerBuffer = 1 << 20
 	DefaultClusterBuffer  = 1 << 20
 	maxWeight             = 128
@@ -231,8 +294,17 @@ func (m *Model) SetDefaults() {
 		if h.HealthyThreshold == 0 {
 			h.HealthyThreshold = DefaultHealthy
 		}
-		if h.ClientIDPrefix == "" {
-			h.ClientIDPrefix = DefaultHealthClientID
+		if h.UnhealthyInterval == 0 {
+			h.UnhealthyInterval = min(DefaultUnhealthyEvery, h.Interval)
+		}
+		h.setTypeDefaults()
+		if d := c.Discovery; d != nil && d.DNS != nil {
+			if d.DNS.Record == "" {
+				d.DNS.Record = RecordA
+			}
+			if d.DNS.Interval == 0 {
+				d.DNS.Interval = DefaultDNSInterval
+			}
 		}
 		if c.CircuitBreaker.MaxConnections == 0 {
 			c.CircuitBreaker.MaxConnections = DefaultMaxConnections
@@ -256,6 +328,27 @@ func (m *Model) SetDefaults() {
 		for j := range c.Endpoints {
 			c.Endpoints[j].SetDefaults()
 		}
+	}
+}
+
+// setTypeDefaults fills in what the check's type needs: the MQTT probe's
+// client ID, or the HTTP check's path and statuses.
+func (h *HealthCheck) setTypeDefaults() {
+	switch h.Type {
+	case HealthMQTT:
+		if h.ClientIDPrefix == "" {
+			h.ClientIDPrefix = DefaultHealthClientID
+		}
+	case HealthEMQX:
+		if h.Port == 0 {
+			h.Port = EMQXHealthPort
+		}
+		if h.Path == "" {
+			h.Path = EMQXHealthPath
+		}
+	}
+	if h.IsHTTP() && len(h.Expect) == 0 {
+		h.Expect = []int{200}
 	}
 }
 
@@ -364,22 +457,11 @@ func (c *Cluster) validate(names map[string]bool) error {
 	default:
 		return invalid("%s: proxy_protocol %q must be v1, v2 or off", what, c.ProxyProtocol)
 	}
-	h := c.HealthCheck
-	switch h.Type {
-	case HealthMQTT, HealthTCP, HealthOff:
-	default:
-		return invalid("%s: health_check.type %q must be mqtt, tcp or off", what, h.Type)
+	if err := c.HealthCheck.validate(what); err != nil {
+		return err
 	}
-	if h.Type != HealthOff {
-		if h.Interval.D() < 100*time.Millisecond || h.Timeout.D() < 10*time.Millisecond || h.Timeout > h.Interval {
-			return invalid("%s: health_check interval %v and timeout %v: need interval >= 100ms and 10ms <= timeout <= interval", what, h.Interval.D(), h.Timeout.D())
-		}
-		if h.UnhealthyThreshold > 100 || h.HealthyThreshold > 100 {
-			return invalid("%s: health_check thresholds must be at most 100", what)
-		}
-		if len(h.ClientIDPrefix) > 64 || !validName(strings.TrimRight(h.ClientIDPrefix, "-_")) {
-			return invalid("%s: health_check.client_id_prefix %q: use up to 64 letters, digits, '-', '_' or '.'", what, h.ClientIDPrefix)
-		}
+	if err := c.Discovery.validate(what); err != nil {
+		return err
 	}
 	if c.IdleTimeout.D() < time.Second {
 		return invalid("%s: idle_timeout %v is shorter than 1s; it must exceed 1.5 x the longest MQTT keepalive", what, c.IdleTimeout.D())
@@ -394,6 +476,113 @@ func (c *Cluster) validate(names map[string]bool) error {
 		return invalid("%s: healthy_panic_threshold %d is a percentage (0-100)", what, *c.HealthyPanicThreshold)
 	}
 	return ValidateEndpoints(c.Name, c.Endpoints)
+}
+
+func (h HealthCheck) validate(what string) error {
+	switch h.Type {
+	case HealthMQTT, HealthTCP, HealthHTTP, HealthEMQX:
+	case HealthOff:
+		return nil
+	default:
+		return invalid("%s: health_check.type %q must be mqtt, tcp, http, emqx or off", what, h.Type)
+	}
+	if h.Interval.D() < 100*time.Millisecond || h.Timeout.D() < 10*time.Millisecond || h.Timeout > h.Interval {
+		return invalid("%s: health_check interval %v and timeout %v: need interval >= 100ms and 10ms <= timeout <= interval", what, h.Interval.D(), h.Timeout.D())
+	}
+	if h.UnhealthyInterval.D() < 100*time.Millisecond || h.UnhealthyInterval > h.Interval {
+		return invalid("%s: health_check unhealthy_interval %v must be between 100ms and interval %v", what, h.UnhealthyInterval.D(), h.Interval.D())
+	}
+	if h.UnhealthyThreshold > 100 || h.HealthyThreshold > 100 {
+		return invalid("%s: health_check thresholds must be at most 100", what)
+	}
+	if h.Type == HealthMQTT && (len(h.ClientIDPrefix) > 64 || !validName(strings.TrimRight(h.ClientIDPrefix, "-_"))) {
+		return invalid("%s: health_check.client_id_prefix %q: use up to 64 letters, digits, '-', '_' or '.'", what, h.ClientIDPrefix)
+	}
+	if !h.IsHTTP() {
+		if h.Port != 0 || h.Path != "" || len(h.Expect) != 0 {
+			return invalid("%s: health_check port, path and expect apply to type http and emqx only", what)
+		}
+		return nil
+	}
+	if h.ClientIDPrefix != "" {
+		return invalid("%s: health_check.client_id_prefix applies to type mqtt only", what)
+	}
+	if h.Port < 1 || h.Port > 65535 {
+		return invalid("%s: health_check.port %d: an http check needs the brokers' management port (1-65535)", what, h.Port)
+	}
+	if !strings.HasPrefix(h.Path, "/") || len(h.Path) > 1024 || strings.ContainsFunc(h.Path, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return invalid("%s: health_check.path %q must start with '/' and hold up to 1024 printable ASCII characters", what, h.Path)
+	}
+	if len(h.Expect) > 16 {
+		return invalid("%s: health_check.expect lists %d statuses; at most 16", what, len(h.Expect))
+	}
+	for _, code := range h.Expect {
+		if code < 100 || code > 599 {
+			return invalid("%s: health_check.expect status %d is not an HTTP status (100-599)", what, code)
+		}
+	}
+	return nil
+}
+
+func (d *Discovery) validate(what string) error {
+	if d == nil {
+		return nil
+	}
+	dns := d.DNS
+	if dns == nil {
+		return invalid("%s: discovery needs a dns block: {dns: {name, port, record, interval, resolver}}", what)
+	}
+	if !validDNSName(dns.Name) {
+		return invalid("%s: discovery.dns.name %q is not a DNS name", what, dns.Name)
+	}
+	switch dns.Record {
+	case RecordA:
+		if dns.Port < 1 || dns.Port > 65535 {
+			return invalid("%s: discovery.dns.port %d: A records carry no port, give the brokers' MQTT port (1-65535)", what, dns.Port)
+		}
+	case RecordSRV:
+		if dns.Port != 0 {
+			return invalid("%s: discovery.dns.port applies to record a only: SRV records carry the port", what)
+		}
+	default:
+		return invalid("%s: discovery.dns.record %q must be a or srv", what, dns.Record)
+	}
+	if dns.Interval.D() < minDNSInterval || dns.Interval.D() > time.Hour {
+		return invalid("%s: discovery.dns.interval %v must be between %v and 1h", what, dns.Interval.D(), minDNSInterval)
+	}
+	if dns.Resolver != "" {
+		if _, err := ParseResolver(dns.Resolver); err != nil {
+			return invalid("%s: discovery.dns.resolver: %v", what, err)
+		}
+	}
+	return nil
+}
+
+// ParseResolver reads a DNS server address, IP or IP:PORT (port 53 when
+// not given), and returns it as IP:PORT.
+func ParseResolver(s string) (string, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil && ap.Port() != 0 {
+		return ap.String(), nil
+	}
+	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+		return netip.AddrPortFrom(a, 53).String(), nil
+	}
+	return "", fmt.Errorf("%q is not IP or IP:PORT", s)
+}
+
+// validDNSName accepts host names with an optional final dot, each label
+// 1-63 characters.
+func validDNSName(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || !validName(label) {
+			return false
+		}
+	}
+	return true
 }
 
 func totalWeight(eps []Endpoint) uint32 {
@@ -422,6 +611,15 @@ func (m *Model) Clone() *Model {
 	c := &Model{Listeners: slices.Clone(m.Listeners), Clusters: slices.Clone(m.Clusters)}
 	for i := range c.Clusters {
 		c.Clusters[i].Endpoints = slices.Clone(c.Clusters[i].Endpoints)
+		c.Clusters[i].HealthCheck.Expect = slices.Clone(c.Clusters[i].HealthCheck.Expect)
+		if d := c.Clusters[i].Discovery; d != nil {
+			d2 := *d
+			if d.DNS != nil {
+				dns := *d.DNS
+				d2.DNS = &dns
+			}
+			c.Clusters[i].Discovery = &d2
+		}
 		if t := c.Clusters[i].HealthyPanicThreshold; t != nil {
 			v := *t
 			c.Clusters[i].HealthyPanicThreshold = &v

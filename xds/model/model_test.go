@@ -31,7 +31,7 @@ listeners: [{name: mqtt, port: 1883, filter: {empty_key: drop}}]
 clusters: [{name: brokers}]`, `invalid configuration: listener "mqtt": filter: empty_key "drop": must be "any", "source_ip" or "reject"`},
 		{"hostname endpoint", `
 listeners: [{name: mqtt, port: 1883}]
-clusters: [{name: brokers, endpoints: [{address: emqx1, port: 1883}]}]`, `invalid configuration: cluster "brokers": endpoint address "emqx1" is not an IP address (Envoy does not resolve names in EDS; give the broker a fixed IP)`},
+clusters: [{name: brokers, endpoints: [{address: emqx1, port: 1883}]}]`, `invalid configuration: cluster "brokers": endpoint address "emqx1" is not an IP address (Envoy does not resolve names in EDS; give the broker a fixed IP, or use DNS discovery)`},
 		{"endpoint port", `
 listeners: [{name: mqtt, port: 1883}]
 clusters: [{name: brokers, endpoints: [{address: 127.0.0.1, port: 0}]}]`, `invalid configuration: cluster "brokers": endpoint 127.0.0.1: port 0 is out of range 1-65535`},
@@ -74,6 +74,57 @@ clusters: [{name: brokers, lb_policy: ring_hash, points_per_host: 65536, endpoin
 		{"panic threshold", `
 listeners: [{name: mqtt, port: 1883}]
 clusters: [{name: brokers, healthy_panic_threshold: 120}]`, `invalid configuration: cluster "brokers": healthy_panic_threshold 120 is a percentage (0-100)`},
+		{"duplicate name", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, endpoints: [{name: b1, address: 127.0.0.1, port: 1}, {name: b1, address: 127.0.0.2, port: 1}]}]`, `invalid configuration: cluster "brokers": endpoints 127.0.0.1:1 and 127.0.0.2:1 share the name "b1": a name identifies one broker`},
+		{"bad endpoint name", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, endpoints: [{name: 'b 1', address: 127.0.0.1, port: 1}]}]`, `invalid configuration: cluster "brokers": endpoint 127.0.0.1:1: name "b 1" must be up to 253 letters, digits, '-', '_' or '.' (a host name)`},
+		{"health type", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, health_check: {type: grpc}}]`, `invalid configuration: cluster "brokers": health_check.type "grpc" must be mqtt, tcp, http, emqx or off`},
+		{"http without port", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, health_check: {type: http, path: /}}]`, `invalid configuration: cluster "brokers": health_check.port 0: an http check needs the brokers' management port (1-65535)`},
+		{"http bad path", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, health_check: {type: http, port: 80, path: ready}}]`, `invalid configuration: cluster "brokers": health_check.path "ready" must start with '/' and hold up to 1024 printable ASCII characters`},
+		{"http bad status", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, health_check: {type: emqx, expect: [700]}}]`, `invalid configuration: cluster "brokers": health_check.expect status 700 is not an HTTP status (100-599)`},
+		{"port on mqtt check", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, health_check: {type: mqtt, port: 18083}}]`, `invalid configuration: cluster "brokers": health_check port, path and expect apply to type http and emqx only`},
+		{"client id on http check", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, health_check: {type: emqx, client_id_prefix: x}}]`, `invalid configuration: cluster "brokers": health_check.client_id_prefix applies to type mqtt only`},
+		{"unhealthy interval", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, health_check: {interval: 1s, timeout: 500ms, unhealthy_interval: 2s}}]`, `invalid configuration: cluster "brokers": health_check unhealthy_interval 2s must be between 100ms and interval 1s`},
+		{"discovery without dns", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, discovery: {}}]`, `invalid configuration: cluster "brokers": discovery needs a dns block: {dns: {name, port, record, interval, resolver}}`},
+		{"dns name", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, discovery: {dns: {name: 'bad name', port: 1883}}}]`, `invalid configuration: cluster "brokers": discovery.dns.name "bad name" is not a DNS name`},
+		{"dns a without port", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, discovery: {dns: {name: brokers.example.com}}}]`, `invalid configuration: cluster "brokers": discovery.dns.port 0: A records carry no port, give the brokers' MQTT port (1-65535)`},
+		{"dns srv with port", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, discovery: {dns: {name: _mqtt._tcp.example.com, record: srv, port: 1883}}}]`, `invalid configuration: cluster "brokers": discovery.dns.port applies to record a only: SRV records carry the port`},
+		{"dns record", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, discovery: {dns: {name: example.com, record: mx, port: 1}}}]`, `invalid configuration: cluster "brokers": discovery.dns.record "mx" must be a or srv`},
+		{"dns interval", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, discovery: {dns: {name: example.com, port: 1, interval: 10ms}}}]`, `invalid configuration: cluster "brokers": discovery.dns.interval 10ms must be between 100ms and 1h`},
+		{"dns resolver", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, discovery: {dns: {name: example.com, port: 1, resolver: 'dns.example.com:53'}}}]`, `invalid configuration: cluster "brokers": discovery.dns.resolver: "dns.example.com:53" is not IP or IP:PORT`},
+		{"dns and endpoints", `
+listeners: [{name: mqtt, port: 1883}]
+clusters: [{name: brokers, discovery: {dns: {name: example.com, port: 1}}, endpoints: [{address: 127.0.0.1, port: 1}]}]`, `invalid configuration: cluster "brokers": its endpoints come from discovery; remove the endpoints list`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

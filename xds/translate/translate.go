@@ -276,8 +276,35 @@ func buildCluster(c *model.Cluster, nodeID string) *clusterv3.Cluster {
 	}
 	if hc := healthCheck(c, nodeID); hc != nil {
 		cl.HealthChecks = []*corev3.HealthCheck{hc}
+		if cl.TransportSocket != nil {
+			cl.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{{
+				Name:            healthCheckSocket,
+				Match:           healthCheckMatch(),
+				TransportSocket: rawBuffer(),
+			}}
+		}
 	}
 	return cl
+}
+
+// healthCheckSocket names the cluster's plain socket for health probes,
+// and the match criteria that select it. The criteria on a health check
+// take precedence over endpoint metadata; client connections never carry
+// them, so they keep the PROXY socket.
+const (
+	healthCheckSocket   = "health-check-plain"
+	healthCheckMatchKey = "mqtt_sticky_health_check"
+)
+
+func healthCheckMatch() *structpb.Struct {
+	return &structpb.Struct{Fields: map[string]*structpb.Value{healthCheckMatchKey: structpb.NewStringValue("plain")}}
+}
+
+func rawBuffer() *corev3.TransportSocket {
+	return &corev3.TransportSocket{
+		Name:       "envoy.transport_sockets.raw_buffer",
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&rawbufferv3.RawBuffer{})},
+	}
 }
 
 // lbPolicy returns the consistent-hash policy. For ring hash the ring size
@@ -326,10 +353,7 @@ func proxyVersion(p model.ProxyProtocol) corev3.ProxyProtocolConfig_Version {
 // transportSocket wraps raw_buffer in the upstream PROXY protocol socket,
 // so every broker connection starts with the client's real address.
 func transportSocket(p model.ProxyProtocol) *corev3.TransportSocket {
-	raw := &corev3.TransportSocket{
-		Name:       "envoy.transport_sockets.raw_buffer",
-		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&rawbufferv3.RawBuffer{})},
-	}
+	raw := rawBuffer()
 	if p == model.ProxyOff {
 		return nil
 	}
@@ -342,21 +366,52 @@ func transportSocket(p model.ProxyProtocol) *corev3.TransportSocket {
 	}
 }
 
-// healthCheck probes brokers. The MQTT probe sends one CONNECT per
-// connection (connections are not reused: a second CONNECT on a connection
-// is a protocol violation) and expects an accepting CONNACK.
+// healthCheck probes brokers. Every probe uses the cluster's plain socket
+// (healthCheckSocket), never the PROXY transport socket: through that
+// socket a probe would carry a PROXY v2 LOCAL header, which some brokers
+// refuse (RabbitMQ 3.10 crashes the connection on it).
 //
-// Probes travel through the cluster's transport socket, so brokers that
-// require PROXY protocol already get a header (a LOCAL command for v2)
-// from the upstream_proxy_protocol socket. The health check's own
-// proxy_protocol_config must stay unset: Envoy 1.40 would send a second
-// header, which the broker reads as garbage and closes the connection.
+// The MQTT probe (and the tcp one) writes its own PROXY header instead:
+// the health checker's proxy_protocol_config, version 1, which names the
+// probe's real source and destination. Envoy 1.40 writes a LOCAL header
+// for version 2 there, so version 1 is used whatever the cluster's
+// version; brokers that take PROXY protocol read both. It sends one
+// CONNECT per connection (connections are not reused: a second CONNECT on
+// a connection is a protocol violation) and expects an accepting CONNACK.
+//
+// The http and emqx checks go to the management port (the endpoints'
+// health_check_config.port_value) with no PROXY header at all.
 func healthCheck(c *model.Cluster, nodeID string) *corev3.HealthCheck {
 	h := c.HealthCheck
 	if h.Type == model.HealthOff {
 		return nil
 	}
+	hc := &corev3.HealthCheck{
+		Timeout:               durationpb.New(h.Timeout.D()),
+		Interval:              durationpb.New(h.Interval.D()),
+		UnhealthyInterval:     durationpb.New(h.UnhealthyInterval.D()),
+		UnhealthyEdgeInterval: durationpb.New(h.UnhealthyInterval.D()),
+		HealthyEdgeInterval:   durationpb.New(h.UnhealthyInterval.D()),
+		// Until a cluster carries traffic Envoy probes at no_traffic
+		// intervals (60s by default); keep them to the ones above.
+		NoTrafficInterval:            durationpb.New(h.UnhealthyInterval.D()),
+		NoTrafficHealthyInterval:     durationpb.New(h.Interval.D()),
+		UnhealthyThreshold:           wrapperspb.UInt32(h.UnhealthyThreshold),
+		HealthyThreshold:             wrapperspb.UInt32(h.HealthyThreshold),
+		ReuseConnection:              wrapperspb.Bool(false),
+		AlwaysLogHealthCheckFailures: true,
+	}
+	if c.ProxyProtocol != model.ProxyOff {
+		hc.TransportSocketMatchCriteria = healthCheckMatch()
+	}
+	if h.IsHTTP() {
+		hc.HealthChecker = &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: httpHealthCheck(h)}
+		return hc
+	}
 	tcp := &corev3.HealthCheck_TcpHealthCheck{}
+	if c.ProxyProtocol != model.ProxyOff {
+		tcp.ProxyProtocolConfig = &corev3.ProxyProtocolConfig{Version: corev3.ProxyProtocolConfig_V1}
+	}
 	if h.Type == model.HealthMQTT {
 		connect := mqtt.AppendConnect(nil, &mqtt.ConnectPacket{Connect: mqtt.Connect{
 			Level:      mqtt.Level311,
@@ -368,18 +423,19 @@ func healthCheck(c *model.Cluster, nodeID string) *corev3.HealthCheck {
 		tcp.Send = &corev3.HealthCheck_Payload{Payload: &corev3.HealthCheck_Payload_Text{Text: hex.EncodeToString(connect)}}
 		tcp.Receive = []*corev3.HealthCheck_Payload{{Payload: &corev3.HealthCheck_Payload_Text{Text: hex.EncodeToString(accepted)}}}
 	}
-	interval := durationpb.New(h.Interval.D())
-	return &corev3.HealthCheck{
-		Timeout:                      durationpb.New(h.Timeout.D()),
-		Interval:                     interval,
-		UnhealthyInterval:            interval,
-		NoTrafficInterval:            interval, // Envoy's default of 60s would slow detection on idle clusters
-		UnhealthyThreshold:           wrapperspb.UInt32(h.UnhealthyThreshold),
-		HealthyThreshold:             wrapperspb.UInt32(h.HealthyThreshold),
-		ReuseConnection:              wrapperspb.Bool(false),
-		HealthChecker:                &corev3.HealthCheck_TcpHealthCheck_{TcpHealthCheck: tcp},
-		AlwaysLogHealthCheckFailures: true,
+	hc.HealthChecker = &corev3.HealthCheck_TcpHealthCheck_{TcpHealthCheck: tcp}
+	return hc
+}
+
+// httpHealthCheck is a GET of the check's path over HTTP/1.1 that passes
+// on any of the expected statuses.
+func httpHealthCheck(h model.HealthCheck) *corev3.HealthCheck_HttpHealthCheck {
+	codes := slices.Sorted(slices.Values(h.Expect))
+	var ranges []*typev3.Int64Range
+	for _, code := range slices.Compact(codes) {
+		ranges = append(ranges, &typev3.Int64Range{Start: int64(code), End: int64(code) + 1})
 	}
+	return &corev3.HealthCheck_HttpHealthCheck{Path: h.Path, ExpectedStatuses: ranges}
 }
 
 // HealthCheckClientID is the client ID an Envoy node probes brokers with.
@@ -391,18 +447,23 @@ func HealthCheckClientID(prefix, nodeID string) string {
 	return id
 }
 
-// BuildLoadAssignment returns the cluster's endpoints, sorted by address and
-// port so that every Envoy, and every version, lists them the same way.
+// BuildLoadAssignment returns the cluster's endpoints, sorted (see
+// model.SortEndpoints) so that every Envoy, and every version, lists them
+// the same way.
 func BuildLoadAssignment(c *model.Cluster) *endpointv3.ClusterLoadAssignment {
 	eps := append([]model.Endpoint(nil), c.Endpoints...)
 	model.SortEndpoints(eps)
 	lb := make([]*endpointv3.LbEndpoint, 0, len(eps))
 	for _, e := range eps {
+		ep := &endpointv3.Endpoint{Address: socketAddress(e.Address, e.Port)}
+		if c.HealthCheck.IsHTTP() {
+			// The http check probes the management port, not the MQTT port.
+			ep.HealthCheckConfig = &endpointv3.Endpoint_HealthCheckConfig{PortValue: uint32(c.HealthCheck.Port)}
+		}
 		lb = append(lb, &endpointv3.LbEndpoint{
-			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-				Address: socketAddress(e.Address, e.Port),
-			}},
+			HostIdentifier:      &endpointv3.LbEndpoint_Endpoint{Endpoint: ep},
 			LoadBalancingWeight: wrapperspb.UInt32(e.Weight),
+			Metadata:            hashKeyMetadata(e),
 		})
 	}
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: c.Name}
@@ -410,6 +471,17 @@ func BuildLoadAssignment(c *model.Cluster) *endpointv3.ClusterLoadAssignment {
 		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lb}}
 	}
 	return cla
+}
+
+// hashKeyMetadata gives a named endpoint its name as the identity Maglev
+// and ring hash hash (envoy.lb hash_key), instead of its address.
+func hashKeyMetadata(e model.Endpoint) *corev3.Metadata {
+	if e.Name == "" {
+		return nil
+	}
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+		"envoy.lb": {Fields: map[string]*structpb.Value{"hash_key": structpb.NewStringValue(e.Name)}},
+	}}
 }
 
 func socketAddress(addr string, port int) *corev3.Address {
