@@ -131,42 +131,109 @@ func (c *Controller) Endpoints(cluster string) ([]model.Endpoint, uint64, error)
 
 // SetEndpoints replaces a cluster's endpoints.
 func (c *Controller) SetEndpoints(ctx context.Context, cluster string, eps []model.Endpoint) (uint64, error) {
-	return c.change(ctx, cluster, func(cl *model.Cluster) error {
+	return c.change(ctx, cluster, handEdit(func(cl *model.Cluster) error {
 		cl.Endpoints = slices.Clone(eps)
 		return nil
-	})
+	}))
 }
 
-// AddEndpoint adds one endpoint; adding one that exists is a conflict.
+// AddEndpoint adds one endpoint; adding one whose address or name is
+// taken is a conflict.
 func (c *Controller) AddEndpoint(ctx context.Context, cluster string, ep model.Endpoint) (uint64, error) {
 	ep, err := checked(ep)
 	if err != nil {
 		return 0, err
 	}
-	return c.change(ctx, cluster, func(cl *model.Cluster) error {
-		if slices.ContainsFunc(cl.Endpoints, func(e model.Endpoint) bool { return e.Key() == ep.Key() }) {
-			return fmt.Errorf("%w: endpoint %s is already in cluster %q", ErrConflict, ep.Key(), cluster)
+	return c.change(ctx, cluster, handEdit(func(cl *model.Cluster) error {
+		for _, e := range cl.Endpoints {
+			if e.Key() == ep.Key() {
+				return fmt.Errorf("%w: endpoint %s is already in cluster %q", ErrConflict, ep.Key(), cluster)
+			}
+			if ep.Name != "" && e.Name == ep.Name {
+				return fmt.Errorf("%w: the name %q is already used by endpoint %s in cluster %q", ErrConflict, ep.Name, e.Key(), cluster)
+			}
 		}
 		cl.Endpoints = append(cl.Endpoints, ep)
 		return nil
-	})
+	}))
 }
 
-// RemoveEndpoint removes the endpoint with ep's address and port.
-func (c *Controller) RemoveEndpoint(ctx context.Context, cluster string, ep model.Endpoint) (uint64, error) {
-	ep, err := checked(ep)
-	if err != nil {
-		return 0, err
+// RemoveEndpoint removes the endpoint ref names (model.ParseEndpointRef):
+// by address and port, by name, or by both.
+func (c *Controller) RemoveEndpoint(ctx context.Context, cluster string, ref model.Endpoint) (uint64, error) {
+	if ref.Address != "" {
+		var err error
+		if ref, err = checked(ref); err != nil {
+			return 0, err
+		}
 	}
-	return c.change(ctx, cluster, func(cl *model.Cluster) error {
-		i := slices.IndexFunc(cl.Endpoints, func(e model.Endpoint) bool { return e.Key() == ep.Key() })
+	return c.change(ctx, cluster, handEdit(func(cl *model.Cluster) error {
+		i := slices.IndexFunc(cl.Endpoints, func(e model.Endpoint) bool { return e.Refers(ref) })
 		if i < 0 {
-			return fmt.Errorf("%w: endpoint %s is not in cluster %q", ErrNotFound, ep.Key(), cluster)
+			return fmt.Errorf("%w: endpoint %s is not in cluster %q", ErrNotFound, refString(ref), cluster)
 		}
 		cl.Endpoints = slices.Delete(cl.Endpoints, i, i+1)
 		return nil
-	})
+	}))
 }
+
+func refString(ref model.Endpoint) string {
+	if ref.Address == "" {
+		return ref.Name
+	}
+	return ref.String()
+}
+
+// handEdit refuses edit on a cluster whose endpoints come from discovery:
+// the next lookup would undo it.
+func handEdit(edit func(*model.Cluster) error) func(*model.Cluster) error {
+	return func(cl *model.Cluster) error {
+		if cl.Discovered() {
+			return fmt.Errorf("%w: cluster %q takes its endpoints from DNS discovery (%s): change the DNS records, not the API",
+				ErrConflict, cl.Name, cl.Discovery.DNS.Name)
+		}
+		return edit(cl)
+	}
+}
+
+// SetDiscovered serves the endpoints discovery found for a cluster. A set
+// equal to the served one changes nothing and makes no new version, so
+// replicas that resolve the same records agree without churn; changed
+// says whether a version was made.
+func (c *Controller) SetDiscovered(ctx context.Context, cluster string, eps []model.Endpoint) (version uint64, changed bool, err error) {
+	next := slices.Clone(eps)
+	for i := range next {
+		next[i].SetDefaults()
+	}
+	model.SortEndpoints(next)
+	c.mu.Lock()
+	served, version := c.srv.Served()
+	c.mu.Unlock()
+	cl, err := clusterOf(served, cluster)
+	if err != nil {
+		return 0, false, err
+	}
+	if !cl.Discovered() {
+		return 0, false, fmt.Errorf("%w: cluster %q has no discovery", ErrConflict, cluster)
+	}
+	if slices.Equal(cl.Endpoints, next) {
+		return version, false, nil
+	}
+	version, err = c.change(ctx, cluster, func(cl *model.Cluster) error {
+		if slices.Equal(cl.Endpoints, next) {
+			return errUnchanged
+		}
+		cl.Endpoints = next
+		return nil
+	})
+	if errors.Is(err, errUnchanged) {
+		return c.Version(), false, nil
+	}
+	return version, err == nil, err
+}
+
+// errUnchanged stops a discovered change that another writer made first.
+var errUnchanged = errors.New("unchanged")
 
 // checked returns ep with its defaults set, or why it is not an endpoint.
 func checked(ep model.Endpoint) (model.Endpoint, error) {

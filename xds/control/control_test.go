@@ -139,3 +139,66 @@ func TestChangesMadeElsewhereAreServed(t *testing.T) {
 		t.Errorf("served version %d: %+v", v, m.Cluster("brokers").Endpoints)
 	}
 }
+
+// Names identify brokers: a second endpoint with a taken name conflicts,
+// and an endpoint can be removed by its name alone.
+func TestEndpointNames(t *testing.T) {
+	c, _ := start(t, store.NewFile(""))
+	b1 := model.Endpoint{Name: "b1", Address: "127.0.0.1", Port: 18834}
+	if _, err := c.AddEndpoint(ctx, "brokers", b1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Name: "b1", Address: "127.0.0.1", Port: 18835}); !errors.Is(err, ErrConflict) {
+		t.Errorf("second endpoint named b1: %v, want a conflict", err)
+	}
+	if _, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Name: "b2"}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("removing unknown name b2: %v, want not found", err)
+	}
+	if _, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Name: "b1"}); err != nil {
+		t.Fatal(err)
+	}
+	eps, _, _ := c.Endpoints("brokers")
+	if len(eps) != 3 {
+		t.Errorf("after removing b1 by name: %v", eps)
+	}
+}
+
+// A discovered cluster takes discovery's sets; an equal set makes no new
+// version; hand edits are refused with a conflict and change nothing.
+func TestDiscoveredCluster(t *testing.T) {
+	base := model.Default()
+	base.Clusters[0].Endpoints = nil
+	base.Clusters[0].Discovery = &model.Discovery{DNS: &model.DNSDiscovery{Name: "brokers.example.com", Port: 1883}}
+	base.SetDefaults()
+	srv := server.New(nil, prometheus.NewRegistry())
+	c := New(base, store.NewFile(""), srv, nil)
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	set := []model.Endpoint{{Address: "10.0.0.2", Port: 1883}, {Address: "10.0.0.1", Port: 1883}}
+	v, changed, err := c.SetDiscovered(ctx, "brokers", set)
+	if err != nil || !changed || v != 2 {
+		t.Fatalf("first set: version %d, changed %v, %v", v, changed, err)
+	}
+	// The same set in another order, weights given or not: no new version.
+	same := []model.Endpoint{{Address: "10.0.0.1", Port: 1883, Weight: 1}, {Address: "10.0.0.2", Port: 1883}}
+	if v, changed, err := c.SetDiscovered(ctx, "brokers", same); err != nil || changed || v != 2 || c.Version() != 2 {
+		t.Fatalf("same set: version %d, changed %v, served %d, %v", v, changed, c.Version(), err)
+	}
+	for name, edit := range map[string]func() error{
+		"set":    func() error { _, err := c.SetEndpoints(ctx, "brokers", nil); return err },
+		"add":    func() error { _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "10.0.0.3", Port: 1883}); return err },
+		"remove": func() error { _, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Address: "10.0.0.1", Port: 1883}); return err },
+	} {
+		if err := edit(); !errors.Is(err, ErrConflict) {
+			t.Errorf("%s on a discovered cluster: %v, want a conflict", name, err)
+		}
+	}
+	if c.Version() != 2 {
+		t.Errorf("refused edits moved the version to %d", c.Version())
+	}
+	// An invalid discovered set (a duplicate) is refused and changes nothing.
+	if _, _, err := c.SetDiscovered(ctx, "brokers", append(same, same[0])); !errors.Is(err, model.ErrInvalid) || c.Version() != 2 {
+		t.Errorf("duplicate in a discovered set: %v, version %d", err, c.Version())
+	}
+}
