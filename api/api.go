@@ -8,6 +8,8 @@ import (
 	_ "embed"
 
 	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/discovery"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/health"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/server"
 )
@@ -36,6 +38,9 @@ type Cluster struct {
 	ProxyProtocol string `json:"proxy_protocol"`
 	HealthCheck   string `json:"health_check"`
 	Endpoints     int    `json:"endpoints"`
+	// Discovered clusters take their endpoints from DNS; the API refuses
+	// to edit them.
+	Discovered bool `json:"discovered,omitempty"`
 }
 
 // ClusterList is the body of GET /v1/clusters.
@@ -46,8 +51,18 @@ type ClusterList struct {
 
 // Status is the body of GET /v1/status.
 type Status struct {
-	Version uint64              `json:"version"`
-	Nodes   []server.NodeStatus `json:"nodes"`
+	Version  uint64              `json:"version"`
+	Nodes    []server.NodeStatus `json:"nodes"`
+	Clusters []ClusterStatus     `json:"clusters"`
+}
+
+// ClusterStatus is what the control plane knows of one cluster beyond its
+// configuration: how its discovery fares, and its health as the Envoy
+// nodes report it.
+type ClusterStatus struct {
+	Name      string                `json:"name"`
+	Discovery *discovery.Status     `json:"discovery,omitempty"`
+	Health    *health.ClusterHealth `json:"health,omitempty"`
 }
 
 // Error is the body of every 4xx and 5xx answer.
@@ -71,14 +86,50 @@ type Backend interface {
 	AddEndpoint(ctx context.Context, cluster string, ep model.Endpoint) (uint64, error)
 	RemoveEndpoint(ctx context.Context, cluster string, ep model.Endpoint) (uint64, error)
 	Nodes() []server.NodeStatus
+	ClusterStatus() []ClusterStatus
 }
 
 // Fleet is the Backend `mqtt-sticky serve` runs: the controller for
-// changes, and the xDS server for the nodes' status.
+// changes, the xDS server for the nodes' status, and, when they run, DNS
+// discovery and the health watcher for the clusters' status.
 type Fleet struct {
 	*control.Controller
-	Server *server.Server
+	Server    *server.Server
+	Discovery *discovery.Runner // nil without discovered clusters
+	Health    *health.Watcher   // nil when not watching
 }
 
 // Nodes reports every Envoy node the xDS server has seen.
 func (f Fleet) Nodes() []server.NodeStatus { return f.Server.Nodes() }
+
+// ClusterStatus reports every served cluster, in the model's order.
+func (f Fleet) ClusterStatus() []ClusterStatus {
+	out := []ClusterStatus{}
+	m := f.Model()
+	if m == nil {
+		return out
+	}
+	disc := map[string]discovery.Status{}
+	if f.Discovery != nil {
+		for _, st := range f.Discovery.Status() {
+			disc[st.Cluster] = st
+		}
+	}
+	hl := map[string]health.ClusterHealth{}
+	if f.Health != nil {
+		for _, r := range f.Health.Report() {
+			hl[r.Cluster] = r
+		}
+	}
+	for _, c := range m.Clusters {
+		cs := ClusterStatus{Name: c.Name}
+		if st, ok := disc[c.Name]; ok {
+			cs.Discovery = &st
+		}
+		if r, ok := hl[c.Name]; ok {
+			cs.Health = &r
+		}
+		out = append(out, cs)
+	}
+	return out
+}

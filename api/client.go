@@ -105,10 +105,16 @@ func (c *Client) AddEndpoint(ctx context.Context, cluster string, e model.Endpoi
 	return &out, c.do(ctx, http.MethodPost, endpointsPath(cluster), e, &out)
 }
 
-// RemoveEndpoint removes the endpoint with e's address and port.
+// RemoveEndpoint removes the endpoint e names (model.ParseEndpointRef):
+// by address and port, by name, or by both.
 func (c *Client) RemoveEndpoint(ctx context.Context, cluster string, e model.Endpoint) (*EndpointList, error) {
+	ref := e.Name
+	if e.Address != "" {
+		e.Weight = 0
+		ref = e.String()
+	}
 	var out EndpointList
-	return &out, c.do(ctx, http.MethodDelete, endpointsPath(cluster)+"/"+url.PathEscape(e.Key()), nil, &out)
+	return &out, c.do(ctx, http.MethodDelete, endpointsPath(cluster)+"/"+url.PathEscape(ref), nil, &out)
 }
 
 // Status returns the nodes' status.

@@ -101,6 +101,7 @@ func (h *handler) listClusters(http.ResponseWriter, *http.Request) (int, any) {
 			ProxyProtocol: string(c.ProxyProtocol),
 			HealthCheck:   string(c.HealthCheck.Type),
 			Endpoints:     len(c.Endpoints),
+			Discovered:    c.Discovered(),
 		})
 	}
 	return http.StatusOK, out
@@ -137,12 +138,9 @@ func (h *handler) addEndpoint(_ http.ResponseWriter, r *http.Request) (int, any)
 }
 
 func (h *handler) removeEndpoint(_ http.ResponseWriter, r *http.Request) (int, any) {
-	e, err := model.ParseEndpoint(r.PathValue("endpoint"))
+	e, err := model.ParseEndpointRef(r.PathValue("endpoint"))
 	if err != nil {
 		return errorStatus(err)
-	}
-	if e.Weight != 0 {
-		return http.StatusBadRequest, Error{fmt.Sprintf("endpoint %q: name it as ADDRESS:PORT, without a weight", r.PathValue("endpoint"))}
 	}
 	return h.changed(r, http.StatusOK, func() (uint64, error) { return h.b.RemoveEndpoint(r.Context(), r.PathValue("name"), e) })
 }
@@ -165,7 +163,7 @@ func (h *handler) changed(r *http.Request, okCode int, change func() (uint64, er
 }
 
 func (h *handler) status(http.ResponseWriter, *http.Request) (int, any) {
-	return http.StatusOK, Status{Version: h.b.Version(), Nodes: h.b.Nodes()}
+	return http.StatusOK, Status{Version: h.b.Version(), Nodes: h.b.Nodes(), Clusters: h.b.ClusterStatus()}
 }
 
 // errBadJSON marks a body that could not be decoded.

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/discovery"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/server"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/store"
@@ -35,7 +36,7 @@ func newFixture(t *testing.T, token string) *fixture {
 	if err := st.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	h := NewHandler(Fleet{st, srv}, Options{Token: token, Registry: prometheus.NewRegistry()})
+	h := NewHandler(Fleet{Controller: st, Server: srv}, Options{Token: token, Registry: prometheus.NewRegistry()})
 	ts := httptest.NewServer(h)
 	t.Cleanup(ts.Close)
 
@@ -150,6 +151,9 @@ func TestInvalidRequestsChangeNothing(t *testing.T) {
 		{"remove missing", "DELETE", "/v1/clusters/brokers/endpoints/127.0.0.1:9", "", 404, "is not in cluster"},
 		{"remove bad form", "DELETE", "/v1/clusters/brokers/endpoints/127.0.0.1", "", 400, "want ADDRESS:PORT"},
 		{"trailing data", "POST", "/v1/clusters/brokers/endpoints", `{"address":"127.0.0.1","port":2} {}`, 400, "data after"},
+		{"bad name", "POST", "/v1/clusters/brokers/endpoints", `{"name":"b 1","address":"127.0.0.1","port":2}`, 400, `name "b 1" must be`},
+		{"remove unknown name", "DELETE", "/v1/clusters/brokers/endpoints/emqx-9", "", 404, "endpoint emqx-9 is not in cluster"},
+		{"remove with weight", "DELETE", "/v1/clusters/brokers/endpoints/127.0.0.1:18831=2", "", 400, "without a weight"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -228,5 +232,62 @@ func TestClient(t *testing.T) {
 	}
 	if _, err := (&Client{BaseURL: f.ts.URL}).Clusters(ctx); err == nil || !strings.Contains(err.Error(), "HTTP 401") {
 		t.Errorf("no token: %v", err)
+	}
+}
+
+// Names: an endpoint added with a name is listed with it, a second one
+// with the same name is a conflict, and it can be removed by name.
+func TestEndpointNames(t *testing.T) {
+	f := newFixture(t, "")
+	if code, body := f.call(t, "POST", "/v1/clusters/brokers/endpoints", "", `{"name":"emqx-3","address":"127.0.0.1","port":18834,"weight":1}`, true); code != 201 || !strings.Contains(string(body), `"name": "emqx-3"`) {
+		t.Fatalf("add named: %d %s", code, body)
+	}
+	if code, body := f.call(t, "POST", "/v1/clusters/brokers/endpoints", "", `{"name":"emqx-3","address":"127.0.0.1","port":18835,"weight":1}`, true); code != 409 || !strings.Contains(string(body), `the name \"emqx-3\" is already used`) {
+		t.Errorf("second emqx-3: %d %s", code, body)
+	}
+	c := &Client{BaseURL: f.ts.URL}
+	list, err := c.RemoveEndpoint(context.Background(), "brokers", model.Endpoint{Name: "emqx-3"})
+	if err != nil || len(list.Endpoints) != 3 {
+		t.Errorf("remove by name: %v %v", list, err)
+	}
+}
+
+// A discovered cluster refuses hand edits with 409 and a message that says
+// where its endpoints come from; /v1/status lists its discovery status.
+func TestDiscoveredClusterRefusesEdits(t *testing.T) {
+	base := model.Default()
+	base.Clusters[0].Endpoints = nil
+	base.Clusters[0].Discovery = &model.Discovery{DNS: &model.DNSDiscovery{Name: "brokers.example.com", Port: 1883, Resolver: "127.0.0.1:9"}}
+	base.SetDefaults()
+	srv := server.New(nil, prometheus.NewRegistry())
+	ctl := control.New(base, store.NewFile(""), srv, nil)
+	if err := ctl.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	disc, err := discovery.New(base, ctl, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(NewHandler(Fleet{Controller: ctl, Server: srv, Discovery: disc}, Options{Registry: prometheus.NewRegistry()}))
+	defer ts.Close()
+	for _, req := range []struct{ method, path, body string }{
+		{"POST", "/v1/clusters/brokers/endpoints", `{"address":"127.0.0.1","port":1}`},
+		{"PUT", "/v1/clusters/brokers/endpoints", `{"endpoints":[]}`},
+		{"DELETE", "/v1/clusters/brokers/endpoints/127.0.0.1:1", ""},
+	} {
+		r, _ := http.NewRequest(req.method, ts.URL+req.path, strings.NewReader(req.body))
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 409 || !strings.Contains(string(body), "takes its endpoints from DNS discovery (brokers.example.com): change the DNS records, not the API") {
+			t.Errorf("%s %s: %d %s", req.method, req.path, resp.StatusCode, body)
+		}
+	}
+	st, err := (&Client{BaseURL: ts.URL}).Status(context.Background())
+	if err != nil || len(st.Clusters) != 1 || st.Clusters[0].Discovery == nil || st.Clusters[0].Discovery.Name != "brokers.example.com" {
+		t.Errorf("status: %+v %v", st, err)
 	}
 }

@@ -15,12 +15,15 @@ import (
 )
 
 const endpointsUsage = `usage:
-  mqtt-sticky endpoints list                          [flags]
-  mqtt-sticky endpoints add    ADDRESS:PORT [--weight N] [flags]
-  mqtt-sticky endpoints remove ADDRESS:PORT            [flags]
-  mqtt-sticky endpoints set    ADDRESS:PORT[=WEIGHT]... [flags]   (replaces the whole set)
+  mqtt-sticky endpoints list                                   [flags]
+  mqtt-sticky endpoints add    [NAME@]ADDRESS:PORT [--weight N] [--name NAME] [flags]
+  mqtt-sticky endpoints remove ADDRESS:PORT | NAME              [flags]
+  mqtt-sticky endpoints set    [NAME@]ADDRESS:PORT[=WEIGHT]...  [flags]   (replaces the whole set)
 
-IPv6 addresses go in brackets: [fd00::1]:1883.
+IPv6 addresses go in brackets: [fd00::1]:1883. A NAME is the broker's
+stable identity: the consistent hash uses it instead of the address, so a
+broker that returns on a new address under the same name keeps its
+clients (emqx-0@10.0.0.11:1883).
 
 flags:`
 
@@ -47,11 +50,13 @@ func (c *clientFlags) client() *api.Client {
 func runEndpoints(args []string, stdout, stderr io.Writer) error {
 	var cf clientFlags
 	var weight uint
+	var name string
 	fs := flag.NewFlagSet("endpoints", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprintln(stderr, endpointsUsage); fs.PrintDefaults() }
 	cf.register(fs)
 	fs.UintVar(&weight, "weight", 1, "weight of the endpoint to add (1-128)")
+	fs.StringVar(&name, "name", "", "name of the endpoint to add (its stable identity); same as NAME@ADDRESS:PORT")
 	rest, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -72,7 +77,7 @@ func runEndpoints(args []string, stdout, stderr io.Writer) error {
 		list, err = c.Endpoints(ctx, cf.cluster)
 	case "add":
 		if len(operands) != 1 {
-			return fmt.Errorf("%w: add takes one ADDRESS:PORT", errUsage)
+			return fmt.Errorf("%w: add takes one [NAME@]ADDRESS:PORT", errUsage)
 		}
 		e, perr := parseEndpoint(operands[0])
 		if perr != nil {
@@ -81,14 +86,19 @@ func runEndpoints(args []string, stdout, stderr io.Writer) error {
 		if e.Weight == 0 {
 			e.Weight = uint32(weight)
 		}
+		if name != "" && e.Name != "" && name != e.Name {
+			return fmt.Errorf("%w: --name %q and %q name the endpoint twice", errUsage, name, e.Name)
+		} else if name != "" {
+			e.Name = name
+		}
 		list, err = c.AddEndpoint(ctx, cf.cluster, e)
 	case "remove":
 		if len(operands) != 1 {
-			return fmt.Errorf("%w: remove takes one ADDRESS:PORT", errUsage)
+			return fmt.Errorf("%w: remove takes one ADDRESS:PORT or NAME", errUsage)
 		}
-		e, perr := parseEndpoint(operands[0])
+		e, perr := model.ParseEndpointRef(operands[0])
 		if perr != nil {
-			return perr
+			return fmt.Errorf("%w: %v", errUsage, perr)
 		}
 		list, err = c.RemoveEndpoint(ctx, cf.cluster, e)
 	case "set":
@@ -113,10 +123,10 @@ func runEndpoints(args []string, stdout, stderr io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "cluster %s, version %d, %d endpoint(s)\n", list.Cluster, list.Version, len(list.Endpoints))
 	if len(list.Endpoints) > 0 {
-		fmt.Fprintln(tw, "ADDRESS\tPORT\tWEIGHT")
+		fmt.Fprintln(tw, "NAME\tADDRESS\tPORT\tWEIGHT")
 	}
 	for _, e := range list.Endpoints {
-		fmt.Fprintf(tw, "%s\t%d\t%d\n", e.Address, e.Port, e.Weight)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\n", orDash(e.Name), e.Address, e.Port, e.Weight)
 	}
 	return tw.Flush()
 }
@@ -166,7 +176,31 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 			orDash(n.Resources["listeners"].AckedVersion), orDash(n.Resources["filters"].AckedVersion), orDash(n.Resources["clusters"].AckedVersion),
 			orDash(n.Resources["endpoints"].AckedVersion), nack)
 	}
+	for _, c := range st.Clusters {
+		printClusterStatus(tw, c)
+	}
 	return tw.Flush()
+}
+
+// printClusterStatus prints a cluster's discovery and health lines, when
+// it has them.
+func printClusterStatus(w io.Writer, c api.ClusterStatus) {
+	if d := c.Discovery; d != nil {
+		line := fmt.Sprintf("cluster %s: DNS %s %s via %s: %d endpoint(s)", c.Name, strings.ToUpper(d.Record), d.Name, d.Resolver, d.Records)
+		if d.LastSuccess != nil {
+			line += ", last good answer " + d.LastSuccess.Format(time.RFC3339)
+		}
+		if d.Failing > 0 {
+			line += fmt.Sprintf("; %d failed lookup(s), keeping the last good endpoints: %s", d.Failing, d.LastError)
+		}
+		fmt.Fprintln(w, line)
+	}
+	if h := c.Health; h != nil {
+		fmt.Fprintf(w, "cluster %s: healthy endpoints by node %v of %d\n", c.Name, h.Healthy, h.Endpoints)
+		if h.NeverHealthy {
+			fmt.Fprintf(w, "cluster %s: WARNING: %s\n", c.Name, h.Message)
+		}
+	}
 }
 
 func orDash(s string) string {

@@ -20,12 +20,17 @@ import (
 
 	"github.com/mqtt-sticky/mqtt-sticky/api"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/discovery"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/health"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/server"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/store"
 )
 
-const defaultStateFile = "mqtt-sticky-state.json"
+const (
+	defaultStateFile  = "mqtt-sticky-state.json"
+	defaultHealthPoll = 2 * time.Second
+)
 
 type serveOptions struct {
 	file       *model.File // used instead of configPath when set
@@ -36,6 +41,9 @@ type serveOptions struct {
 	noState    bool
 	token      string
 	logLevel   string
+	// healthPoll is how often the Envoy nodes' admin /clusters is read
+	// for their view of broker health; 0 turns it off.
+	healthPoll time.Duration
 }
 
 func runServe(args []string, stdout, stderr io.Writer) error {
@@ -49,6 +57,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.noState, "no-state", false, "do not persist endpoint changes")
 	fs.StringVar(&o.token, "api-token", os.Getenv("MQTT_STICKY_API_TOKEN"), "bearer token the API requires (env MQTT_STICKY_API_TOKEN); required when the API listens beyond loopback")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&o.healthPoll, "health-poll", defaultHealthPoll, "how often to read broker health from the admin /clusters of Envoy nodes that advertise admin_address in their node metadata; 0 turns it off")
 	if rest, err := parse(fs, args); err != nil {
 		return err
 	} else if len(rest) > 0 {
@@ -102,6 +111,10 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, ready func(xds
 		return err
 	}
 	go ctl.Run(ctx)
+	fleet := api.Fleet{Controller: ctl, Server: srv}
+	if err := startWatchers(ctx, &fleet, &file.Model, o.healthPoll, log, reg); err != nil {
+		return err
+	}
 
 	xdsLis, err := net.Listen("tcp", xdsAddr)
 	if err != nil {
@@ -113,7 +126,7 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, ready func(xds
 		return fmt.Errorf("API listener: %w", err)
 	}
 	httpSrv := &http.Server{
-		Handler:           api.NewHandler(api.Fleet{Controller: ctl, Server: srv}, api.Options{Token: o.token, Logger: log, Registry: reg}),
+		Handler:           api.NewHandler(fleet, api.Options{Token: o.token, Logger: log, Registry: reg}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	log.Info("mqtt-sticky serve", "xds", xdsLis.Addr().String(), "api", apiLis.Addr().String(),
@@ -140,6 +153,22 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, ready func(xds
 	defer cancel()
 	httpSrv.Shutdown(shutdown)
 	log.Info("mqtt-sticky serve stopped")
+	return nil
+}
+
+// startWatchers starts DNS discovery for the discovered clusters, and the
+// health watcher unless poll is 0, and adds them to fleet for the API.
+func startWatchers(ctx context.Context, fleet *api.Fleet, m *model.Model, poll time.Duration, log *slog.Logger, reg *prometheus.Registry) error {
+	disc, err := discovery.New(m, fleet.Controller, log, reg)
+	if err != nil {
+		return err
+	}
+	fleet.Discovery = disc
+	go disc.Run(ctx)
+	if poll > 0 {
+		fleet.Health = health.New(fleet, poll, log, reg)
+		go fleet.Health.Run(ctx)
+	}
 	return nil
 }
 

@@ -66,7 +66,7 @@ func ParseEndpointRef(s string) (Endpoint, error) {
 	} else if strings.ContainsAny(s, ":@=") {
 		return Endpoint{}, err
 	}
-	if !validEndpointName(s) {
+	if _, err := netip.ParseAddr(s); err == nil || !validEndpointName(s) {
 		return Endpoint{}, invalid("endpoint %q: want ADDRESS:PORT, NAME@ADDRESS:PORT or a broker name", s)
 	}
 	return Endpoint{Name: s}, nil
@@ -111,6 +111,16 @@ func (e Endpoint) String() string {
 // address must be valid (see Validate).
 func (e Endpoint) Key() string {
 	return netip.AddrPortFrom(netip.MustParseAddr(e.Address), uint16(e.Port)).String()
+}
+
+// KeyOrRaw is Key, or "address:port" as given when the address is not an
+// IP address (for reading addresses from elsewhere, such as Envoy).
+func (e Endpoint) KeyOrRaw() string {
+	a, err := netip.ParseAddr(e.Address)
+	if err != nil {
+		return e.Address + ":" + strconv.Itoa(e.Port)
+	}
+	return netip.AddrPortFrom(a, uint16(e.Port)).String()
 }
 
 // HashKey is what Envoy's consistent hash identifies the endpoint by: its

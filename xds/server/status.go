@@ -16,15 +16,23 @@ import (
 
 // NodeStatus is what the server knows of one Envoy node.
 type NodeStatus struct {
-	ID           string                    `json:"id"`
-	Cluster      string                    `json:"cluster,omitempty"`
-	EnvoyVersion string                    `json:"envoy_version,omitempty"`
+	ID           string `json:"id"`
+	Cluster      string `json:"cluster,omitempty"`
+	EnvoyVersion string `json:"envoy_version,omitempty"`
+	// AdminAddress is the admin address the node advertises in its
+	// metadata (AdminAddressKey); the control plane reads the node's
+	// view of broker health there.
+	AdminAddress string                    `json:"admin_address,omitempty"`
 	Connected    bool                      `json:"connected"`
 	Streams      int                       `json:"streams"`
 	FirstSeen    time.Time                 `json:"first_seen"`
 	LastSeen     time.Time                 `json:"last_seen"`
 	Resources    map[string]ResourceStatus `json:"resources"` // "listeners", "clusters", "endpoints"
 }
+
+// AdminAddressKey is the node metadata key under which an Envoy advertises
+// its admin address (host:port), as envoy/bootstrap.yaml does.
+const AdminAddressKey = "admin_address"
 
 // ResourceStatus is one resource type's state on a node: the version last
 // sent, the version the node last accepted, and its last rejection.
@@ -109,6 +117,7 @@ func (t *tracker) request(id int64, node *corev3.Node, typeURL, versionInfo, non
 			t.nodes[st.node] = n
 		}
 		n.Cluster = node.GetCluster()
+		n.AdminAddress = node.GetMetadata().GetFields()[AdminAddressKey].GetStringValue()
 		if v := node.GetUserAgentBuildVersion().GetVersion(); v != nil {
 			n.EnvoyVersion = formatVersion(v.GetMajorNumber(), v.GetMinorNumber(), v.GetPatch())
 		}
