@@ -14,7 +14,8 @@ import (
 )
 
 func runBroker(args []string, stdout, stderr io.Writer) error {
-	var listen, mode, name, logLevel, clusterListen, peers string
+	var listen, mode, name, logLevel, clusterListen, peers, httpListen string
+	var rejectLocal bool
 	fs := flag.NewFlagSet("broker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&listen, "listen", "127.0.0.1:18831", "address to accept MQTT connections on")
@@ -23,6 +24,8 @@ func runBroker(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&clusterListen, "cluster-listen", "", "address peer brokers link to (enables clustering)")
 	fs.StringVar(&peers, "peers", "", "comma-separated cluster addresses of the other brokers; a message published on any broker reaches subscribers on all")
+	fs.StringVar(&httpListen, "http-listen", "", "address for EMQX 5's availability check (GET /api/v5/load_rebalance/availability_check: 200, or 503 while draining) and drain switch (POST /api/v5/load_rebalance/NAME/evacuation/start and .../stop)")
+	fs.BoolVar(&rejectLocal, "reject-local", false, "refuse connections whose PROXY v2 header has the LOCAL command, as RabbitMQ 3.10 does")
 	if rest, err := parse(fs, args); err != nil {
 		return err
 	} else if len(rest) > 0 {
@@ -43,7 +46,7 @@ func runBroker(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	b, err := broker.Start(broker.Options{Name: name, Listen: listen, ProxyProtocol: pm, Logger: log,
-		ClusterListen: clusterListen, Peers: peerList})
+		ClusterListen: clusterListen, Peers: peerList, HTTPListen: httpListen, RejectLocal: rejectLocal})
 	if err != nil {
 		return err
 	}

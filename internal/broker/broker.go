@@ -57,6 +57,13 @@ type Options struct {
 	// the other brokers' cluster addresses. See cluster.go.
 	ClusterListen string
 	Peers         []string
+	// RejectLocal refuses connections whose PROXY v2 header has the LOCAL
+	// command, as RabbitMQ 3.10 does (it crashes the connection), so tests
+	// can prove health probes never send one.
+	RejectLocal bool
+	// HTTPListen, when set, serves EMQX 5's availability check and
+	// evacuation switch there (see http.go).
+	HTTPListen string
 }
 
 // Connection records one MQTT client accepted by the broker.
@@ -87,6 +94,10 @@ type Broker struct {
 	forwarded     atomic.Int64 // connections whose PROXY header carried a client address
 	open          atomic.Int64 // TCP connections open now
 	proxyRejected atomic.Int64 // connections refused for a missing or bad PROXY header
+	localRejected atomic.Int64 // connections refused for a LOCAL header (RejectLocal)
+	rejectLocal   bool
+
+	http *httpServer // nil without HTTPListen
 
 	mu         sync.Mutex
 	records    []Connection
@@ -112,14 +123,15 @@ func Start(opts Options) (*Broker, error) {
 		return nil, fmt.Errorf("broker: listen on %s: %w", opts.Listen, err)
 	}
 	b := &Broker{
-		name:       opts.Name,
-		mode:       opts.ProxyProtocol,
-		log:        log,
-		ln:         ln,
-		done:       make(chan struct{}),
-		maxRecords: opts.MaxRecords,
-		conns:      map[net.Conn]struct{}{},
-		notify:     make(chan struct{}),
+		name:        opts.Name,
+		mode:        opts.ProxyProtocol,
+		log:         log,
+		ln:          ln,
+		done:        make(chan struct{}),
+		maxRecords:  opts.MaxRecords,
+		conns:       map[net.Conn]struct{}{},
+		notify:      make(chan struct{}),
+		rejectLocal: opts.RejectLocal,
 	}
 	if b.name == "" {
 		b.name = ln.Addr().String()
@@ -144,6 +156,15 @@ func Start(opts Options) (*Broker, error) {
 		ln.Close()
 		return nil, err
 	}
+	if opts.HTTPListen != "" {
+		if b.http, err = startHTTP(b, opts.HTTPListen); err != nil {
+			ln.Close()
+			if b.clusterLn != nil {
+				b.clusterLn.Close()
+			}
+			return nil, err
+		}
+	}
 	// Serve with no listeners of mochi's own: it only starts the event
 	// loops. Connections come from acceptLoop and startCluster.
 	if err := b.server.Serve(); err != nil {
@@ -154,7 +175,7 @@ func Start(opts Options) (*Broker, error) {
 	go b.acceptLoop()
 	b.startCluster(opts.Peers)
 	log.Info("broker listening", "broker", b.name, "addr", ln.Addr().String(), "proxy_protocol", string(b.mode),
-		"cluster", b.ClusterAddr(), "peers", len(b.links))
+		"reject_local", b.rejectLocal, "http", b.HTTPAddr(), "cluster", b.ClusterAddr(), "peers", len(b.links))
 	return b, nil
 }
 
@@ -177,6 +198,9 @@ func (b *Broker) Close() error {
 	}
 	close(b.done)
 	err := b.ln.Close()
+	if b.http != nil {
+		b.http.close()
+	}
 	if b.clusterLn != nil {
 		b.clusterLn.Close()
 	}
@@ -249,7 +273,13 @@ func (b *Broker) serveConn(raw net.Conn) {
 				"broker", b.name, "peer", raw.RemoteAddr().String())
 			return
 		}
-		if h != nil && !h.Command.IsLocal() {
+		if h != nil && h.Command.IsLocal() && b.rejectLocal {
+			b.localRejected.Add(1)
+			b.log.Warn("broker refused a connection with a PROXY LOCAL header (reject-local is on)",
+				"broker", b.name, "peer", raw.RemoteAddr().String())
+			return
+		}
+		if forwardedClient(h, raw) {
 			b.forwarded.Add(1)
 		}
 		conn = pc
@@ -258,6 +288,17 @@ func (b *Broker) serveConn(raw net.Conn) {
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		b.log.Debug("broker connection ended", "broker", b.name, "err", err)
 	}
+}
+
+// forwardedClient reports whether a PROXY header names a client the proxy
+// forwarded, rather than the proxy itself: a health probe sends either a
+// LOCAL header or, with Envoy's own proxy_protocol_config, a header whose
+// source is the probe's own address.
+func forwardedClient(h *proxyproto.Header, raw net.Conn) bool {
+	if h == nil || h.Command.IsLocal() {
+		return false
+	}
+	return h.SourceAddr == nil || h.SourceAddr.String() != raw.RemoteAddr().String()
 }
 
 // record stores a connection and wakes waiters.
@@ -317,12 +358,15 @@ func (b *Broker) WaitFor(ctx context.Context, ok func(Connection) bool) (Connect
 func (b *Broker) Accepted() int64 { return b.accepted.Load() }
 
 // Forwarded counts the connections a proxy opened on behalf of a client
-// (a PROXY header with the client's address). Health-check probes, which
-// send a LOCAL header, are not counted.
+// (a PROXY header with the client's address). Health-check probes, whose
+// header is LOCAL or names the probe's own address, are not counted.
 func (b *Broker) Forwarded() int64 { return b.forwarded.Load() }
 
 // Open counts the TCP connections open now.
 func (b *Broker) Open() int64 { return b.open.Load() }
+
+// LocalRejected counts connections refused for a LOCAL PROXY header.
+func (b *Broker) LocalRejected() int64 { return b.localRejected.Load() }
 
 // ProxyRejected counts connections refused for lacking a PROXY header.
 func (b *Broker) ProxyRejected() int64 { return b.proxyRejected.Load() }
@@ -346,9 +390,7 @@ func (r *recorder) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		At:       time.Now(),
 	}
 	if pc, ok := cl.Net.Conn.(*proxyproto.Conn); ok {
-		if h := pc.ProxyHeader(); h != nil && !h.Command.IsLocal() {
-			c.Proxied = true
-		}
+		c.Proxied = forwardedClient(pc.ProxyHeader(), pc.Raw())
 	}
 	r.b.record(c)
 	return nil

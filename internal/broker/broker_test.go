@@ -3,7 +3,9 @@ package broker
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -204,5 +206,82 @@ func TestProxyProtocolRequired(t *testing.T) {
 	}
 	if !strings.Contains(recs[0].ClientID, "proxied") {
 		t.Errorf("client ID %q", recs[0].ClientID)
+	}
+}
+
+// With RejectLocal, a LOCAL PROXY header closes the connection (RabbitMQ
+// 3.10 does the same); a header with addresses is accepted.
+func TestRejectLocal(t *testing.T) {
+	b, err := Start(Options{Name: "rl", Listen: "127.0.0.1:0", ProxyProtocol: ProxyRequired, RejectLocal: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	c, err := net.Dial("tcp", b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	local := &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
+	if _, err := local.WriteTo(c); err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte{0x10, 13, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, 1, 'a'})
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, _ := c.Read(make([]byte, 4)); n != 0 {
+		t.Error("a LOCAL header got an answer")
+	}
+	if b.LocalRejected() != 1 {
+		t.Errorf("LocalRejected = %d", b.LocalRejected())
+	}
+}
+
+// The HTTP endpoints answer like EMQX's: available, then 503 while
+// evacuating, for the broker's own node name only.
+func TestAvailabilityAndEvacuation(t *testing.T) {
+	b, err := Start(Options{Name: "emqx@b1", Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	base := "http://" + b.HTTPAddr() + "/api/v5/load_rebalance/"
+	status := func(method, path string) int {
+		req, _ := http.NewRequest(method, base+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	steps := []struct {
+		method, path string
+		want         int
+	}{
+		{"GET", "availability_check", 200},
+		{"POST", "other@node/evacuation/start", 404},
+		{"GET", "availability_check", 200},
+		{"POST", "emqx@b1/evacuation/start", 200},
+		{"GET", "availability_check", 503},
+		{"POST", "emqx@b1/evacuation/stop", 200},
+		{"GET", "availability_check", 200},
+	}
+	for i, s := range steps {
+		if got := status(s.method, s.path); got != s.want {
+			t.Errorf("step %d: %s %s = %d, want %d", i, s.method, s.path, got, s.want)
+		}
+	}
+	if b.HealthChecks() != 4 || b.HTTPProxyHeaders() != 0 {
+		t.Errorf("checks %d, PROXY headers %d", b.HealthChecks(), b.HTTPProxyHeaders())
+	}
+	c, err := net.Dial("tcp", b.HTTPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("PROXY TCP4 127.0.0.1 127.0.0.1 1 2\r\nGET / HTTP/1.1\r\n\r\n"))
+	io.ReadAll(c)
+	c.Close()
+	if b.HTTPProxyHeaders() != 1 {
+		t.Errorf("a PROXY header on the HTTP port was not counted")
 	}
 }
