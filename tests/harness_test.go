@@ -131,6 +131,41 @@ func startBrokers(t testing.TB, n int) []*broker.Broker {
 // returns once every link is up.
 func startBrokerSet(t testing.TB, n int, clustered bool) []*broker.Broker {
 	t.Helper()
+	return startBrokersWith(t, n, clustered, false)
+}
+
+// startStrictBrokers starts n brokers like startBrokers that also refuse a
+// PROXY LOCAL header, as RabbitMQ 3.10 does, and serve EMQX's availability
+// check and evacuation switch on httpAddr(i): the brokers the control
+// plane's tests run against.
+func startStrictBrokers(t testing.TB, n int) []*broker.Broker {
+	t.Helper()
+	return startBrokersWith(t, n, false, true)
+}
+
+// httpAddr is the address of broker i's HTTP endpoints: the same port on
+// every broker's address, as a cluster's http health check needs.
+func httpAddr(i int) string { return fmt.Sprintf("%s.%d:%d", brokerNet(), i, brokerHTTPPort) }
+
+const brokerHTTPPort = 18083
+
+// strictBroker starts one broker like startStrictBrokers does, named name,
+// on addr:18831 with its HTTP endpoints on addr:18083.
+func strictBroker(t testing.TB, name, ip string) *broker.Broker {
+	t.Helper()
+	b, err := broker.Start(broker.Options{Name: name, Listen: ip + ":18831", ProxyProtocol: broker.ProxyRequired,
+		Logger: testLogger(t), RejectLocal: true, HTTPListen: fmt.Sprintf("%s:%d", ip, brokerHTTPPort)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// startBrokersWith is startBrokerSet; strict brokers are as
+// startStrictBrokers describes.
+func startBrokersWith(t testing.TB, n int, clustered, strict bool) []*broker.Broker {
+	t.Helper()
 	var peers []string
 	for i := range n {
 		peers = append(peers, peerAddr(i+1))
@@ -142,6 +177,9 @@ func startBrokerSet(t testing.TB, n int, clustered bool) []*broker.Broker {
 			Listen:        brokerAddr(i + 1),
 			ProxyProtocol: broker.ProxyRequired,
 			Logger:        testLogger(t),
+		}
+		if strict {
+			opts.RejectLocal, opts.HTTPListen = true, httpAddr(i+1)
 		}
 		if clustered {
 			opts.ClusterListen, opts.Peers = peers[i], peers

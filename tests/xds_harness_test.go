@@ -164,6 +164,7 @@ func startXDSEnvoy(t *testing.T, cp *controlPlane, nodeID string, delta bool, ex
 	}
 	adminPort := freePort(t)
 	set(t, cfg, adminPort, "admin", "address", "socket_address", "port_value")
+	set(t, cfg, fmt.Sprintf("127.0.0.1:%d", adminPort), "node", "metadata", "admin_address")
 	_, xdsPort := splitHostPort(t, cp.xdsAddr)
 	set(t, cfg, xdsPort, "static_resources", "clusters", 0, "load_assignment", "endpoints", 0, "lb_endpoints", 0,
 		"endpoint", "address", "socket_address", "port_value")
