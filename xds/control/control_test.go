@@ -186,9 +186,15 @@ func TestDiscoveredCluster(t *testing.T) {
 		t.Fatalf("same set: version %d, changed %v, served %d, %v", v, changed, c.Version(), err)
 	}
 	for name, edit := range map[string]func() error{
-		"set":    func() error { _, err := c.SetEndpoints(ctx, "brokers", nil); return err },
-		"add":    func() error { _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "10.0.0.3", Port: 1883}); return err },
-		"remove": func() error { _, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Address: "10.0.0.1", Port: 1883}); return err },
+		"set": func() error { _, err := c.SetEndpoints(ctx, "brokers", nil); return err },
+		"add": func() error {
+			_, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "10.0.0.3", Port: 1883})
+			return err
+		},
+		"remove": func() error {
+			_, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Address: "10.0.0.1", Port: 1883})
+			return err
+		},
 	} {
 		if err := edit(); !errors.Is(err, ErrConflict) {
 			t.Errorf("%s on a discovered cluster: %v, want a conflict", name, err)
