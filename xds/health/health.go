@@ -182,6 +182,7 @@ func (w *Watcher) update(m *model.Model, views map[string]map[string]map[string]
 		hosts := w.trackHosts(c, now)
 		r := ClusterHealth{Cluster: c.Name, Endpoints: len(c.Endpoints), Healthy: map[string]int{}}
 		for node, view := range views {
+			r.Healthy[node] = 0
 			for addr, st := range hosts {
 				if view[c.Name][addr] {
 					st.everHealthy = true
