@@ -39,6 +39,17 @@ type runOptions struct {
 	bootstrap  string
 	workDir    string
 	brokerPort int
+	// health is the cluster's health check type: mqtt, http or emqx. With
+	// http or emqx the embedded brokers move to 127.0.0.11-13, so each
+	// serves its availability check on the same port (18083).
+	health string
+	// dns, when set, is the name the cluster's endpoints are discovered
+	// from (SRV when it starts with "_", else A records on dnsPort);
+	// dnsResolver is the DNS server. Without one, and with embedded
+	// brokers, run serves the name itself with dnsmasq (rundns.go).
+	dns         string
+	dnsResolver string
+	dnsPort     int
 }
 
 func runAll(args []string, stdout, stderr io.Writer) error {
@@ -54,6 +65,10 @@ func runAll(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.bootstrap, "bootstrap", "envoy/bootstrap.yaml", "Envoy bootstrap")
 	fs.StringVar(&o.workDir, "dir", "build/run", "where logs and state go; emptied at start if an earlier run created it, refused if it holds anything else")
 	fs.IntVar(&o.brokerPort, "broker-port", 18831, "first port of the embedded brokers (three ports from here)")
+	fs.StringVar(&o.health, "health-check", "mqtt", "health check: mqtt (a CONNECT on the MQTT port), http or emqx (EMQX's availability check on port 18083; embedded brokers then listen on 127.0.0.11-13)")
+	fs.StringVar(&o.dns, "dns", "", "discover the brokers from this DNS name: SRV records when it starts with '_' (e.g. _mqtt._tcp.brokers.mqtt-sticky.local), else A records on --dns-port")
+	fs.StringVar(&o.dnsResolver, "dns-resolver", "", "DNS server IP:PORT for --dns; without it, embedded brokers are served by a local dnsmasq from "+dnsDirName+"/ in --dir")
+	fs.IntVar(&o.dnsPort, "dns-port", 1883, "broker port for --dns with A records")
 	if rest, err := parse(fs, args); err != nil {
 		return err
 	} else if len(rest) > 0 {
@@ -79,6 +94,15 @@ func run(ctx context.Context, o runOptions, out io.Writer) error {
 		return err
 	}
 	defer brokers.close()
+	if o.dns != "" && o.dnsResolver == "" && existing == nil {
+		dns, err := startRunDNS(ctx, o, brokers.endpoints)
+		if err != nil {
+			return err
+		}
+		defer dns.stop()
+		o.dnsResolver = dns.addr
+		brokers.dnsLine = fmt.Sprintf("dnsmasq on %s serves SRV %s from %s: edit it to add or remove brokers", dns.addr, o.dns, dns.recordsPath())
+	}
 	cp, err := startControlPlane(ctx, o, brokers.endpoints)
 	if err != nil {
 		return err
@@ -125,8 +149,24 @@ func (o *runOptions) check() ([]model.Endpoint, error) {
 	if _, _, err := net.SplitHostPort(o.apiAddr); err != nil {
 		return nil, fmt.Errorf("%w: --api %q: want host:port", errUsage, o.apiAddr)
 	}
+	switch model.HealthCheckType(o.health) {
+	case model.HealthMQTT, model.HealthHTTP, model.HealthEMQX:
+	default:
+		return nil, fmt.Errorf("%w: --health-check %q: use mqtt, http or emqx", errUsage, o.health)
+	}
+	if o.dns != "" {
+		m := &model.Model{Listeners: []model.Listener{{Port: 1883}},
+			Clusters: []model.Cluster{{Discovery: &model.Discovery{DNS: o.discovery()}}}}
+		m.SetDefaults()
+		if err := m.Validate(); err != nil {
+			return nil, fmt.Errorf("%w: --dns, --dns-resolver, --dns-port: %v", errUsage, err)
+		}
+	}
 	if o.brokers == "" {
 		return nil, nil
+	}
+	if o.dns != "" {
+		return nil, fmt.Errorf("%w: --dns and --brokers both say where the brokers are: give one", errUsage)
 	}
 	eps, err := model.ParseEndpoints(o.brokers)
 	if err != nil {
@@ -141,6 +181,7 @@ type runBrokers struct {
 	endpoints []model.Endpoint
 	lines     []string // one line per broker for the banner
 	started   []*broker.Broker
+	dnsLine   string // how the brokers are discovered, for the banner
 }
 
 func (b *runBrokers) close() {
@@ -167,24 +208,52 @@ func startEmbeddedBrokers(o runOptions, existing []model.Endpoint, out io.Writer
 		clusterAddrs = append(clusterAddrs, fmt.Sprintf("127.0.0.1:%d", o.brokerPort+10000+i))
 	}
 	for i := range 3 {
-		port := o.brokerPort + i
-		s, err := broker.Start(broker.Options{
+		ip, port := o.embeddedAddr(i)
+		opts := broker.Options{
 			Name:          fmt.Sprintf("broker-%d", i+1),
-			Listen:        fmt.Sprintf("127.0.0.1:%d", port),
+			Listen:        fmt.Sprintf("%s:%d", ip, port),
 			ProxyProtocol: broker.ProxyRequired,
 			Logger:        blog,
 			ClusterListen: clusterAddrs[i],
 			Peers:         clusterAddrs,
-		})
+		}
+		line := fmt.Sprintf("broker-%d  %s:%d  (embedded, requires PROXY protocol)", i+1, ip, port)
+		if o.httpCheck() {
+			opts.HTTPListen = fmt.Sprintf("%s:%d", ip, model.EMQXHealthPort)
+			line += fmt.Sprintf(", availability check http://%s/api/v5/load_rebalance/availability_check", opts.HTTPListen)
+		}
+		s, err := broker.Start(opts)
 		if err != nil {
 			b.close()
 			return nil, err
 		}
 		b.started = append(b.started, s)
-		b.endpoints = append(b.endpoints, model.Endpoint{Address: "127.0.0.1", Port: port})
-		b.lines = append(b.lines, fmt.Sprintf("broker-%d  127.0.0.1:%d  (embedded, requires PROXY protocol)", i+1, port))
+		b.endpoints = append(b.endpoints, model.Endpoint{Name: opts.Name, Address: ip, Port: port})
+		b.lines = append(b.lines, line)
 	}
 	return b, nil
+}
+
+// httpCheck reports whether the brokers are probed over HTTP.
+func (o runOptions) httpCheck() bool { return model.HealthCheckType(o.health) != model.HealthMQTT }
+
+// embeddedAddr is embedded broker i's address: 127.0.0.1 on its own port,
+// or, with an HTTP check (one port for every broker), its own address.
+func (o runOptions) embeddedAddr(i int) (string, int) {
+	if o.httpCheck() {
+		return fmt.Sprintf("127.0.0.%d", 11+i), o.brokerPort
+	}
+	return "127.0.0.1", o.brokerPort + i
+}
+
+// discovery is the cluster's DNS discovery for --dns: SRV records for a
+// name that starts with "_", else A records, looked up every second.
+func (o runOptions) discovery() *model.DNSDiscovery {
+	d := &model.DNSDiscovery{Name: o.dns, Record: model.RecordA, Port: o.dnsPort, Interval: model.Duration(time.Second), Resolver: o.dnsResolver}
+	if strings.HasPrefix(o.dns, "_") {
+		d.Record, d.Port = model.RecordSRV, 0
+	}
+	return d
 }
 
 // runControlPlane is the control plane run starts in this process.
@@ -203,10 +272,14 @@ func (cp *runControlPlane) stop() {
 // startControlPlane serves the brokers to Envoy, logging to serve.log, and
 // returns once it accepts connections.
 func startControlPlane(ctx context.Context, o runOptions, endpoints []model.Endpoint) (*runControlPlane, error) {
+	cluster := model.Cluster{Name: model.DefaultClusterName, Endpoints: endpoints,
+		ProxyProtocol: model.ProxyProtocol(o.proxy), HealthCheck: model.HealthCheck{Type: model.HealthCheckType(o.health)}}
+	if o.dns != "" {
+		cluster.Endpoints, cluster.Discovery = nil, &model.Discovery{DNS: o.discovery()}
+	}
 	file := &model.File{Model: model.Model{
 		Listeners: []model.Listener{{Name: model.DefaultListenerName, Address: "0.0.0.0", Port: o.listenPort, AccessLog: true}},
-		Clusters: []model.Cluster{{Name: model.DefaultClusterName, Endpoints: endpoints,
-			ProxyProtocol: model.ProxyProtocol(o.proxy)}},
+		Clusters:  []model.Cluster{cluster},
 	}}
 	file.SetDefaults()
 	if err := file.Validate(); err != nil {
@@ -220,7 +293,7 @@ func startControlPlane(ctx context.Context, o runOptions, endpoints []model.Endp
 	cp := &runControlPlane{cancel: cancel, done: make(chan error, 1), log: logFile}
 	ready := make(chan struct{})
 	go func() {
-		cp.done <- serve(cpCtx, serveOptions{file: file, xdsListen: runXDS, apiListen: o.apiAddr,
+		cp.done <- serve(cpCtx, serveOptions{file: file, xdsListen: runXDS, apiListen: o.apiAddr, healthPoll: defaultHealthPoll,
 			stateFile: filepath.Join(o.workDir, "state.json")}, slog.New(slog.NewTextHandler(logFile, nil)),
 			func(string, string) { close(ready) })
 	}()
@@ -274,6 +347,7 @@ mqtt-sticky is running.
   control-plane metrics       http://%[3]s/metrics
   Envoy admin                 http://%[4]s   (stats: http://%[4]s/stats?filter=mqtt_sticky)
   logs                        %[5]s/{envoy,serve}.log; Envoy's access log shows client ID -> broker
+  health check                %[8]s
   healthy brokers             %[6]d of %[7]d
 
 Try it (mosquitto clients: apt-get install mosquitto-clients):
@@ -281,16 +355,27 @@ Try it (mosquitto clients: apt-get install mosquitto-clients):
   mosquitto_pub -h 127.0.0.1 -p %[1]d -i my-device -t demo/hello -m hi
 Connect again with the same -i: the broker lines below show it lands on the same broker.
 
-Change brokers live:
-  build/mqtt-sticky endpoints list
-  build/mqtt-sticky endpoints remove %[8]s
-  build/mqtt-sticky endpoints add %[8]s
-  build/mqtt-sticky status
-
-Ctrl-C stops everything.
-
 `, o.listenPort, strings.Join(b.lines, "\n                              "), o.apiAddr, runAdmin, o.workDir,
-		healthy, len(b.endpoints), b.endpoints[len(b.endpoints)-1].Key())
+		healthy, len(b.endpoints), o.health)
+	last := b.endpoints[len(b.endpoints)-1]
+	ref := last.Name
+	if ref == "" {
+		ref = last.Key()
+	}
+	switch {
+	case b.dnsLine != "":
+		fmt.Fprintf(out, "Discovery: %s.\n  build/mqtt-sticky status\n", b.dnsLine)
+	case o.dns != "":
+		fmt.Fprintf(out, "Discovery: the brokers come from DNS %s via %s.\n  build/mqtt-sticky status\n", o.dns, orDash(o.dnsResolver))
+	default:
+		fmt.Fprintf(out, "Change brokers live:\n  build/mqtt-sticky endpoints list\n  build/mqtt-sticky endpoints remove %[1]s\n  build/mqtt-sticky endpoints add %[2]s\n  build/mqtt-sticky status\n",
+			ref, last.String())
+	}
+	if o.httpCheck() && len(b.started) > 0 {
+		fmt.Fprintf(out, "Drain a broker (EMQX's evacuation), then undo it:\n  curl -X POST http://%[1]s/api/v5/load_rebalance/%[2]s/evacuation/start\n  curl -X POST http://%[1]s/api/v5/load_rebalance/%[2]s/evacuation/stop\n",
+			b.started[len(b.started)-1].HTTPAddr(), b.started[len(b.started)-1].Name())
+	}
+	fmt.Fprint(out, "\nCtrl-C stops everything.\n\n")
 }
 
 // waitForStop returns when ctx ends (Ctrl-C), or with an error when Envoy
