@@ -228,7 +228,7 @@ func startEmbeddedBrokers(o runOptions, existing []model.Endpoint, out io.Writer
 			return nil, err
 		}
 		b.started = append(b.started, s)
-		b.endpoints = append(b.endpoints, model.Endpoint{Name: opts.Name, Address: ip, Port: port})
+		b.endpoints = append(b.endpoints, model.Endpoint{Address: ip, Port: port})
 		b.lines = append(b.lines, line)
 	}
 	return b, nil
