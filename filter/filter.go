@@ -66,6 +66,7 @@ type Conn interface {
 	Close(details string)
 	Inc(c Counter)
 	AddGauge(g Gauge, delta int64)
+	Record(h Histogram, value uint64)
 	Log(level LogLevel, msg string)
 	// ArmTimer makes Envoy call OnTimer on this connection's worker after
 	// d, unless DisarmTimer is called first.
@@ -88,9 +89,13 @@ type Filter struct {
 	conn    Conn
 	state   state
 	parser  mqtt.Parser
-	copied  []byte // the buffered bytes, when Envoy holds them in more than one chunk
-	started bool   // OnNewConnection ran: the timer and gauge are live
+	copied  []byte    // the buffered bytes, when Envoy holds them in more than one chunk
+	started bool      // OnNewConnection ran: the timer and gauge are live
+	arrived time.Time // when OnNewConnection ran, for the ConnectWait histogram
 }
+
+// now is the filter's clock; tests replace it.
+var now = time.Now
 
 // New returns the filter for a new connection.
 func New(cfg *contract.Config, conn Conn) *Filter {
@@ -108,6 +113,7 @@ func (f *Filter) OnNewConnection() Status {
 		return Stop
 	}
 	f.started = true
+	f.arrived = now()
 	f.conn.AddGauge(Waiting, 1)
 	f.conn.ArmTimer(f.cfg.ConnectTimeout())
 	return Stop
@@ -227,6 +233,9 @@ func (f *Filter) route(c *mqtt.Connect) Status {
 		f.conn.Inc(ConnectMQTT311)
 	default:
 		f.conn.Inc(ConnectMQTT5)
+	}
+	if f.started {
+		f.conn.Record(ConnectWait, uint64(now().Sub(f.arrived).Milliseconds()))
 	}
 	f.finish(routed)
 	return Routed

@@ -23,13 +23,14 @@ type fakeConn struct {
 	closed   []string
 	counters map[Counter]int
 	gauge    int64
+	recorded map[Histogram][]uint64
 	logs     []string
 	timer    time.Duration // armed duration, 0 when disarmed
 	f        *Filter
 }
 
 func newFake() *fakeConn {
-	return &fakeConn{remoteIP: "127.0.0.9", metadata: map[string]string{}, numbers: map[string]float64{}, counters: map[Counter]int{}}
+	return &fakeConn{remoteIP: "127.0.0.9", metadata: map[string]string{}, numbers: map[string]float64{}, counters: map[Counter]int{}, recorded: map[Histogram][]uint64{}}
 }
 
 func (c *fakeConn) SetHashKey(key string) bool {
@@ -52,8 +53,11 @@ func (c *fakeConn) Close(details string) {
 		c.f.OnClose() // Envoy raises LocalClose from inside close()
 	}
 }
-func (c *fakeConn) Inc(k Counter)              { c.counters[k]++ }
-func (c *fakeConn) AddGauge(_ Gauge, d int64)  { c.gauge += d }
+func (c *fakeConn) Inc(k Counter)             { c.counters[k]++ }
+func (c *fakeConn) AddGauge(_ Gauge, d int64) { c.gauge += d }
+func (c *fakeConn) Record(h Histogram, v uint64) {
+	c.recorded[h] = append(c.recorded[h], v)
+}
 func (c *fakeConn) Log(_ LogLevel, msg string) { c.logs = append(c.logs, msg) }
 func (c *fakeConn) ArmTimer(d time.Duration)   { c.timer = d }
 func (c *fakeConn) DisarmTimer()               { c.timer = 0 }
@@ -104,6 +108,34 @@ func TestRoutesOnClientID(t *testing.T) {
 	// Every later read passes through and counts nothing.
 	if st := f.OnRead([][]byte{{0x30, 0x00}}, false); st != Continue || c.counters[ConnectMQTT5] != 1 {
 		t.Errorf("read after routing = %v, counters %v", st, c.counters)
+	}
+}
+
+// The CONNECT wait is recorded once per routed connection, in
+// milliseconds from its arrival; a refused connection records nothing.
+func TestConnectWaitHistogram(t *testing.T) {
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	now = func() time.Time { return clock }
+	t.Cleanup(func() { now = time.Now })
+
+	f, c := newFilter(t, "")
+	pkt := connect(mqtt.Level311, "dev-1", "")
+	clock = clock.Add(700 * time.Millisecond)
+	if st := f.OnRead([][]byte{pkt[:5]}, false); st != Stop {
+		t.Fatalf("partial CONNECT: %v", st)
+	}
+	clock = clock.Add(550 * time.Millisecond)
+	if st := f.OnRead([][]byte{pkt}, false); st != Routed {
+		t.Fatalf("OnRead = %v", st)
+	}
+	if got := c.recorded[ConnectWait]; len(got) != 1 || got[0] != 1250 {
+		t.Errorf("connect_wait_ms recorded %v, want [1250]", got)
+	}
+
+	f, c = newFilter(t, "")
+	f.OnRead([][]byte{{0x30, 0x00}}, false) // not a CONNECT
+	if len(c.recorded) != 0 {
+		t.Errorf("a refused connection recorded %v", c.recorded)
 	}
 }
 

@@ -61,3 +61,17 @@ const (
 
 // GaugeNames lists every gauge's name, indexed by Gauge.
 func GaugeNames() []string { return []string{Waiting: "waiting_for_connect"} }
+
+// Histogram identifies one of the filter's histograms.
+type Histogram int
+
+const (
+	// ConnectWait is the time from the connection's arrival to its
+	// complete CONNECT, in milliseconds (Envoy's unit for its own _ms
+	// histograms), for every routed connection. Slow links and slow
+	// clients show here before they show as timeouts.
+	ConnectWait Histogram = iota
+)
+
+// HistogramNames lists every histogram's name, indexed by Histogram.
+func HistogramNames() []string { return []string{ConnectWait: "connect_wait_ms"} }

@@ -40,9 +40,10 @@ const timerEvent = 1
 
 // config is the module's side of one filter config.
 type config struct {
-	filter   *contract.Config
-	counters []C.size_t // Envoy's ids, indexed by filter.Counter
-	gauges   []C.size_t // indexed by filter.Gauge
+	filter     *contract.Config
+	counters   []C.size_t // Envoy's ids, indexed by filter.Counter
+	gauges     []C.size_t // indexed by filter.Gauge
+	histograms []C.size_t // indexed by filter.Histogram
 }
 
 //export mqttStickyConfigNew
@@ -73,6 +74,11 @@ func mqttStickyConfigNew(envoyConfig unsafe.Pointer, name *C.char, nameLen C.siz
 	}
 	if cfg.gauges, ok = defineMetrics("gauge", filter.GaugeNames(), func(name C.envoy_dynamic_module_type_module_buffer, id *C.size_t) C.envoy_metrics_result {
 		return C.envoy_dynamic_module_callback_network_filter_config_define_gauge(envoyCfg, name, id)
+	}); !ok {
+		return 0
+	}
+	if cfg.histograms, ok = defineMetrics("histogram", filter.HistogramNames(), func(name C.envoy_dynamic_module_type_module_buffer, id *C.size_t) C.envoy_metrics_result {
+		return C.envoy_dynamic_module_callback_network_filter_config_define_histogram(envoyCfg, name, id)
 	}); !ok {
 		return 0
 	}
@@ -311,6 +317,10 @@ func (c *conn) AddGauge(g filter.Gauge, delta int64) {
 	} else {
 		C.envoy_dynamic_module_callback_network_filter_decrement_gauge(c.envoy, c.cfg.gauges[g], C.uint64_t(-delta))
 	}
+}
+
+func (c *conn) Record(h filter.Histogram, value uint64) {
+	C.envoy_dynamic_module_callback_network_filter_record_histogram_value(c.envoy, c.cfg.histograms[h], C.uint64_t(value))
 }
 
 func (c *conn) Log(level filter.LogLevel, msg string) { hostLog(level, msg) }

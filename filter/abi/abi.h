@@ -106,11 +106,16 @@ envoy_metrics_result envoy_dynamic_module_callback_network_filter_config_define_
 envoy_metrics_result envoy_dynamic_module_callback_network_filter_config_define_gauge(
     envoy_network_filter_config_envoy_ptr config, envoy_dynamic_module_type_module_buffer name,
     size_t* id);
+envoy_metrics_result envoy_dynamic_module_callback_network_filter_config_define_histogram(
+    envoy_network_filter_config_envoy_ptr config, envoy_dynamic_module_type_module_buffer name,
+    size_t* id);
 envoy_metrics_result envoy_dynamic_module_callback_network_filter_increment_counter(
     envoy_network_filter_envoy_ptr filter, size_t id, uint64_t value);
 envoy_metrics_result envoy_dynamic_module_callback_network_filter_increment_gauge(
     envoy_network_filter_envoy_ptr filter, size_t id, uint64_t value);
 envoy_metrics_result envoy_dynamic_module_callback_network_filter_decrement_gauge(
+    envoy_network_filter_envoy_ptr filter, size_t id, uint64_t value);
+envoy_metrics_result envoy_dynamic_module_callback_network_filter_record_histogram_value(
     envoy_network_filter_envoy_ptr filter, size_t id, uint64_t value);
 
 #endif  // MQTT_STICKY_ABI_H
