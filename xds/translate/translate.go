@@ -273,6 +273,11 @@ func buildCluster(c *model.Cluster, nodeID string) *clusterv3.Cluster {
 			KeepaliveProbes:   wrapperspb.UInt32(3),
 		}},
 		TransportSocket: transportSocket(c.ProxyProtocol),
+		// Per-broker stats (open connections, health) in Envoy's Prometheus
+		// output, envoy_cluster_endpoint_*: without them Envoy reports
+		// only cluster totals there, and a dashboard cannot show how the
+		// clients spread over the brokers.
+		TrackClusterStats: &clusterv3.TrackClusterStats{PerEndpointStats: true},
 	}
 	if hc := healthCheck(c, nodeID); hc != nil {
 		cl.HealthChecks = []*corev3.HealthCheck{hc}
