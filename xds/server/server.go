@@ -70,6 +70,9 @@ func New(log *slog.Logger, reg prometheus.Registerer) *Server {
 		metrics: newMetrics(reg),
 	}
 	s.status = newTracker(s.metrics)
+	if reg != nil {
+		reg.MustRegister(nodeCollector{s.status})
+	}
 	s.cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, cacheLogger{log})
 	return s
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -295,4 +296,49 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 		reg.MustRegister(m.pushes, m.responses, m.nacks, m.connected, m.version)
 	}
 	return m
+}
+
+// nodeCollector exports each node's xDS state, read from the tracker at
+// scrape time: it keeps nothing of its own, so a node's series exist
+// exactly while the tracker knows the node.
+type nodeCollector struct{ t *tracker }
+
+var (
+	nodeConnectedDesc = prometheus.NewDesc("mqtt_sticky_xds_node_connected",
+		"1 while the Envoy node has an open xDS stream.", []string{"node"}, nil)
+	nodeAckedDesc = prometheus.NewDesc("mqtt_sticky_xds_node_acked_version",
+		"The resource version the node last acknowledged (ACK), by resource type.", []string{"node", "type"}, nil)
+	nodeRejectingDesc = prometheus.NewDesc("mqtt_sticky_xds_node_rejecting",
+		"1 while the node rejects (NACK) the version last sent to it, by resource type; it keeps running the version it last acknowledged.", []string{"node", "type"}, nil)
+)
+
+func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- nodeConnectedDesc
+	ch <- nodeAckedDesc
+	ch <- nodeRejectingDesc
+}
+
+func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, n := range c.t.snapshot() {
+		ch <- prometheus.MustNewConstMetric(nodeConnectedDesc, prometheus.GaugeValue, boolValue(n.Connected), n.ID)
+		for kind, rs := range n.Resources {
+			if v, err := strconv.ParseUint(rs.AckedVersion, 10, 64); err == nil {
+				ch <- prometheus.MustNewConstMetric(nodeAckedDesc, prometheus.GaugeValue, float64(v), n.ID, kind)
+			}
+			ch <- prometheus.MustNewConstMetric(nodeRejectingDesc, prometheus.GaugeValue, boolValue(rs.rejecting()), n.ID, kind)
+		}
+	}
+}
+
+// rejecting reports whether the node's answer to the version last sent
+// was a NACK.
+func (rs ResourceStatus) rejecting() bool {
+	return rs.NackedVersion != "" && rs.NackedVersion == rs.SentVersion && rs.AckedVersion != rs.SentVersion
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -41,6 +42,31 @@ func TestTrackerAckNack(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(m.connected); got != 1 {
 		t.Errorf("connected gauge %v", got)
+	}
+	// Per node: connected, clusters acknowledged at 7, and rejecting 8.
+	want := `
+# HELP mqtt_sticky_xds_node_acked_version The resource version the node last acknowledged (ACK), by resource type.
+# TYPE mqtt_sticky_xds_node_acked_version gauge
+mqtt_sticky_xds_node_acked_version{node="envoy-1",type="clusters"} 7
+# HELP mqtt_sticky_xds_node_connected 1 while the Envoy node has an open xDS stream.
+# TYPE mqtt_sticky_xds_node_connected gauge
+mqtt_sticky_xds_node_connected{node="envoy-1"} 1
+# HELP mqtt_sticky_xds_node_rejecting 1 while the node rejects (NACK) the version last sent to it, by resource type; it keeps running the version it last acknowledged.
+# TYPE mqtt_sticky_xds_node_rejecting gauge
+mqtt_sticky_xds_node_rejecting{node="envoy-1",type="clusters"} 1
+`
+	if err := testutil.CollectAndCompare(nodeCollector{tr}, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+	tr.response(1, resource.ClusterType, "9", "n3")
+	tr.request(1, nil, resource.ClusterType, "9", "n3", "", false) // ACK of 9 ends the rejection
+	want = `
+# HELP mqtt_sticky_xds_node_rejecting 1 while the node rejects (NACK) the version last sent to it, by resource type; it keeps running the version it last acknowledged.
+# TYPE mqtt_sticky_xds_node_rejecting gauge
+mqtt_sticky_xds_node_rejecting{node="envoy-1",type="clusters"} 0
+`
+	if err := testutil.CollectAndCompare(nodeCollector{tr}, strings.NewReader(want), "mqtt_sticky_xds_node_rejecting"); err != nil {
+		t.Errorf("after a later ACK: %v", err)
 	}
 
 	// Delta requests carry no version: the ACK is for the version sent
