@@ -18,9 +18,14 @@ FUZZTIME ?= 500000x
 COMPOSE_VERSION := v2.40.3
 DOCKER_CONFIG_DIR := $(CURDIR)/.tools/docker
 COMPOSE_PLUGIN := $(DOCKER_CONFIG_DIR)/cli-plugins/docker-compose
+# The Envoy Gateway test translates deploy/envoy-gateway with Envoy
+# Gateway's own egctl, built from its Go module (v1.9.1 builds with Go
+# 1.26.8; a later one may need a newer Go).
+EGCTL_VERSION := v1.9.1
+EGCTL := $(CURDIR)/.tools/bin/egctl
 
 .DEFAULT_GOAL := help
-.PHONY: help filter build envoy run bench bench-quick compose-tool test unit e2e fuzz fuzz-short lint validate golden clean
+.PHONY: help filter build envoy run bench bench-quick compose-tool eg-tool test unit e2e fuzz fuzz-short lint validate golden clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +60,14 @@ $(COMPOSE_PLUGIN):
 compose-tool: $(COMPOSE_PLUGIN) ## install the docker compose plugin the compose test uses, into .tools/
 	@DOCKER_CONFIG=$(DOCKER_CONFIG_DIR) docker compose version
 
+$(EGCTL):
+	@mkdir -p $(dir $(EGCTL))
+	@echo "building egctl $(EGCTL_VERSION) (once; about 15 minutes on 2 cores)"
+	GOBIN=$(dir $(EGCTL)) GOFLAGS=-mod=mod $(GO) install -ldflags='-s -w' github.com/envoyproxy/gateway/cmd/egctl@$(EGCTL_VERSION)
+
+eg-tool: $(EGCTL) ## install Envoy Gateway's egctl, which the Envoy Gateway test uses, into .tools/
+	@$(EGCTL) x translate --help >/dev/null && echo "egctl $(EGCTL_VERSION): $(EGCTL)"
+
 bench: filter envoy ## full benchmark run (about 30 minutes); writes docs/benchmarks.md
 	$(GO) run ./bench --out docs/benchmarks.md
 
@@ -79,8 +92,8 @@ fuzz-short: ## run each fuzz target for FUZZTIME (default 500000 inputs, about 2
 fuzz: ## run each fuzz target for 5 minutes
 	$(MAKE) fuzz-short FUZZTIME=5m
 
-e2e: envoy compose-tool ## end-to-end tests against the real Envoy (fails when Envoy is missing)
-	DOCKER_CONFIG=$(DOCKER_CONFIG_DIR) $(GO) test -count=1 -timeout 20m -v ./tests/
+e2e: envoy compose-tool eg-tool ## end-to-end tests against the real Envoy (fails when Envoy is missing)
+	DOCKER_CONFIG=$(DOCKER_CONFIG_DIR) EGCTL=$(EGCTL) $(GO) test -count=1 -timeout 20m -v ./tests/
 
 validate: filter envoy ## check envoy/static.yaml and envoy/bootstrap.yaml with envoy --mode validate
 	ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/build $(ENVOY_LAUNCHER) --mode validate -c envoy/static.yaml

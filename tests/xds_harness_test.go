@@ -198,7 +198,14 @@ type clusterHost struct {
 // hosts returns the hosts of cluster "brokers" as this Envoy sees them.
 func (e *xdsEnvoy) hosts(t *testing.T) []clusterHost {
 	t.Helper()
-	code, body, err := e.Get(context.Background(), "/clusters?format=json")
+	return clusterHosts(t, e.Process, "brokers")
+}
+
+// clusterHosts returns the hosts of an Envoy's cluster, from its admin
+// /clusters.
+func clusterHosts(t testing.TB, p *envoyproc.Process, cluster string) []clusterHost {
+	t.Helper()
+	code, body, err := p.Get(context.Background(), "/clusters?format=json")
 	if err != nil || code != 200 {
 		t.Fatalf("GET /clusters: %d %v", code, err)
 	}
@@ -221,7 +228,7 @@ func (e *xdsEnvoy) hosts(t *testing.T) []clusterHost {
 	}
 	var out []clusterHost
 	for _, c := range doc.ClusterStatuses {
-		if c.Name != "brokers" {
+		if c.Name != cluster {
 			continue
 		}
 		for _, h := range c.HostStatuses {
@@ -242,6 +249,22 @@ func (e *xdsEnvoy) hosts(t *testing.T) []clusterHost {
 		}
 	}
 	return out
+}
+
+// waitAllHealthy waits until every host of an Envoy's cluster is healthy
+// and there are want of them.
+func waitAllHealthy(t testing.TB, p *envoyproc.Process, cluster string, want int, within time.Duration) {
+	t.Helper()
+	waitFor(t, within, fmt.Sprintf("%d healthy hosts in cluster %s", want, cluster), func() bool {
+		last := clusterHosts(t, p, cluster)
+		healthy := 0
+		for _, h := range last {
+			if h.Healthy {
+				healthy++
+			}
+		}
+		return healthy == want && len(last) == want
+	})
 }
 
 // waitHosts waits until the Envoy serves the control plane's current
