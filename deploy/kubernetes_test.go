@@ -1,0 +1,614 @@
+package deploy
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	k8sjson "sigs.k8s.io/json"
+	"sigs.k8s.io/yaml"
+
+	"github.com/mqtt-sticky/mqtt-sticky/contract"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
+)
+
+// namespace is where every manifest puts its objects.
+const namespace = "mqtt"
+
+// manifests is every object of kubernetes/*.yaml, decoded.
+type manifests struct {
+	namespaces   map[string]*corev1.Namespace
+	configMaps   map[string]*corev1.ConfigMap
+	secrets      map[string]*corev1.Secret
+	services     map[string]*corev1.Service
+	pvcs         map[string]*corev1.PersistentVolumeClaim
+	deployments  map[string]*appsv1.Deployment
+	disruptions  map[string]*policyv1.PodDisruptionBudget
+	objectsCount int
+}
+
+// Every document in kubernetes/*.yaml decodes strictly into its
+// Kubernetes API type: case-sensitive field names, no unknown or
+// duplicate field, as the API server's strict field validation reads them.
+// An apiVersion and kind this test does not know fails too.
+func TestManifestsDecodeStrictly(t *testing.T) {
+	m := readManifests(t)
+	if m.objectsCount == 0 {
+		t.Fatal("no objects in kubernetes/*.yaml")
+	}
+	t.Logf("%d objects decoded strictly", m.objectsCount)
+}
+
+// strictDecode must refuse what the API server refuses; if it did not,
+// TestManifestsDecodeStrictly could not fail.
+func TestStrictDecodeRefusesMistakes(t *testing.T) {
+	good := "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  replicas: 1\n"
+	if err := strictDecode([]byte(good), &appsv1.Deployment{}); err != nil {
+		t.Fatalf("a valid Deployment: %v", err)
+	}
+	for name, doc := range map[string]string{
+		"unknown field":  strings.Replace(good, "replicas:", "replica:", 1),
+		"wrong case":     strings.Replace(good, "replicas:", "Replicas:", 1),
+		"duplicate key":  good + "kind: Deployment\n",
+		"wrong type":     strings.Replace(good, "replicas: 1", "replicas: one", 1),
+		"nested unknown": good + "  strategy: {type: Recreate, maxSurge: 1}\n",
+	} {
+		if err := strictDecode([]byte(doc), &appsv1.Deployment{}); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// The manifests agree with each other, with the control-plane config and
+// Envoy bootstrap they carry, with envoy/bootstrap.yaml and with the
+// Dockerfile: ports, addresses, the API token, the module's path, the
+// node ID, probes, and the state volume.
+func TestManifestsAgree(t *testing.T) {
+	m := readManifests(t)
+	if m.namespaces[namespace] == nil {
+		t.Errorf("no Namespace %s", namespace)
+	}
+	cp := checkControlPlane(t, m)
+	checkEnvoy(t, m, cp)
+	checkEMQX(t, m, cp)
+}
+
+// checkControlPlane checks the control plane's Deployment, Service,
+// ConfigMap, Secret and volume, and returns its config.
+func checkControlPlane(t *testing.T, m *manifests) *model.File {
+	t.Helper()
+	d := mustGet(t, m.deployments, "mqtt-sticky-control-plane")
+	c := container(t, d, "control-plane")
+	cfgPath := argAfter(t, c.Args, "--config")
+	cm, key := mountedConfigMap(t, m, d, c, cfgPath)
+	cfg, err := model.ParseFile([]byte(cm.Data[key]))
+	if err != nil {
+		t.Fatalf("ConfigMap %s key %s: %v", cm.Name, key, err)
+	}
+
+	// The state file lives on the claimed volume, which one replica owns;
+	// the file store has one writer.
+	if cfg.StateFile == "" {
+		t.Error("the control plane keeps no state file: endpoint changes would be lost on restart")
+	}
+	vol := volumeAt(t, d, c, path.Dir(cfg.StateFile))
+	if vol.PersistentVolumeClaim == nil || m.pvcs[vol.PersistentVolumeClaim.ClaimName] == nil {
+		t.Errorf("state file %s is not on a PersistentVolumeClaim of the manifests", cfg.StateFile)
+	}
+	if r := d.Spec.Replicas; r == nil || *r != 1 || d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+		t.Errorf("control plane: %v replicas, strategy %q; the file store needs exactly 1 and Recreate", d.Spec.Replicas, d.Spec.Strategy.Type)
+	}
+
+	// The API listens beyond loopback, so it needs the token, from the
+	// Secret.
+	var token *corev1.EnvVar
+	for i := range c.Env {
+		if c.Env[i].Name == "MQTT_STICKY_API_TOKEN" {
+			token = &c.Env[i]
+		}
+	}
+	if token == nil || token.ValueFrom == nil || token.ValueFrom.SecretKeyRef == nil {
+		t.Error("MQTT_STICKY_API_TOKEN does not come from a Secret")
+	} else if s := m.secrets[token.ValueFrom.SecretKeyRef.Name]; s == nil {
+		t.Errorf("Secret %s is not in the manifests", token.ValueFrom.SecretKeyRef.Name)
+	} else if _, ok := s.StringData[token.ValueFrom.SecretKeyRef.Key]; !ok {
+		t.Errorf("Secret %s has no key %s", s.Name, token.ValueFrom.SecretKeyRef.Key)
+	}
+
+	// Ports: the config's listen addresses, the container's named ports,
+	// the probes and the Service.
+	xdsPort := portOf(t, cfg.XDSListen)
+	apiPort := portOf(t, cfg.APIListen)
+	if p := containerPort(t, c, "xds"); p != xdsPort {
+		t.Errorf("container port xds %d, the control plane serves xDS on %d", p, xdsPort)
+	}
+	if p := containerPort(t, c, "api"); p != apiPort {
+		t.Errorf("container port api %d, the API listens on %d", p, apiPort)
+	}
+	for name, probe := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
+		if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Path != "/healthz" || resolvePort(t, c, probe.HTTPGet.Port) != apiPort {
+			t.Errorf("%s probe: want GET /healthz on the API port %d", name, apiPort)
+		}
+	}
+	svc := mustGet(t, m.services, "mqtt-sticky")
+	checkSelects(t, "Service "+svc.Name, svc.Spec.Selector, d.Spec.Template.Labels)
+	for _, want := range []struct {
+		name string
+		port int
+	}{{"xds", xdsPort}, {"api", apiPort}} {
+		sp := servicePort(t, svc, want.name)
+		if resolvePort(t, c, sp.TargetPort) != want.port {
+			t.Errorf("Service %s port %s targets %v, the container serves it on %d", svc.Name, want.name, sp.TargetPort.String(), want.port)
+		}
+	}
+	return cfg
+}
+
+// checkEnvoy checks Envoy's Deployment, bootstrap, Service and
+// disruption budget.
+func checkEnvoy(t *testing.T, m *manifests, cp *model.File) {
+	t.Helper()
+	d := mustGet(t, m.deployments, "mqtt-sticky-envoy")
+	c := container(t, d, "envoy")
+	if !slices.Equal(c.Command, []string{"envoy"}) {
+		t.Errorf("envoy command %v", c.Command)
+	}
+	bootPath := argAfter(t, c.Args, "-c")
+	cm, key := mountedConfigMap(t, m, d, c, bootPath)
+	var boot map[string]any
+	if err := yaml.Unmarshal([]byte(cm.Data[key]), &boot); err != nil {
+		t.Fatalf("ConfigMap %s key %s: %v", cm.Name, key, err)
+	}
+
+	// The node ID is the pod's name, from the downward API.
+	if argAfter(t, c.Args, "--service-node") != "$(POD_NAME)" {
+		t.Error("--service-node is not $(POD_NAME)")
+	}
+	podName := false
+	for _, e := range c.Env {
+		if e.Name == "POD_NAME" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.name" {
+			podName = true
+		}
+	}
+	if !podName {
+		t.Error("POD_NAME does not come from metadata.name")
+	}
+
+	// The module: where the Dockerfile's envoy image puts it.
+	dockerfile, err := os.ReadFile(filepath.Join("..", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyLine := regexp.MustCompile(`(?m)^COPY --from=module /out/(libmqtt_sticky\.so) (\S+)/libmqtt_sticky\.so$`).FindSubmatch(dockerfile)
+	if copyLine == nil || string(copyLine[1]) != "lib"+contract.ModuleName+".so" {
+		t.Fatal("Dockerfile: no COPY of the module into the Envoy image")
+	}
+	if got := envValue(c, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"); got != string(copyLine[2]) {
+		t.Errorf("ENVOY_DYNAMIC_MODULES_SEARCH_PATH %q, the image has the module in %q", got, copyLine[2])
+	}
+	envoyVersion := regexp.MustCompile(`(?m)^ARG ENVOY_IMAGE=envoyproxy/envoy:v(1\.40\.\d+)$`).FindSubmatch(dockerfile)
+	if envoyVersion == nil || !strings.HasSuffix(c.Image, ":"+string(envoyVersion[1])) {
+		t.Errorf("envoy image %s, the Dockerfile builds it on Envoy %s", c.Image, envoyVersion)
+	}
+
+	// The bootstrap is envoy/bootstrap.yaml but for the control plane's
+	// address and the stats listener.
+	raw, err := os.ReadFile(filepath.Join("..", "envoy", "bootstrap.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ref map[string]any
+	if err := yaml.Unmarshal(raw, &ref); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"dynamic_resources", "admin"} {
+		if !reflect.DeepEqual(boot[k], ref[k]) {
+			t.Errorf("bootstrap %s differs from envoy/bootstrap.yaml's:\n%v\n%v", k, boot[k], ref[k])
+		}
+	}
+	if get(t, boot, "node", "cluster") != get(t, ref, "node", "cluster") {
+		t.Error("bootstrap node.cluster differs from envoy/bootstrap.yaml's")
+	}
+	if argAfter(t, c.Args, "--service-cluster") != get(t, ref, "node", "cluster") {
+		t.Error("--service-cluster differs from the bootstrap's node.cluster")
+	}
+	xds := clusterNamed(t, boot, "xds")
+	refXDS := clusterNamed(t, ref, "xds")
+	addr := get(t, xds, "load_assignment", "endpoints", 0, "lb_endpoints", 0, "endpoint", "address", "socket_address").(map[string]any)
+	svc := mustGet(t, m.services, "mqtt-sticky")
+	wantHost := fmt.Sprintf("%s.%s.svc.cluster.local", svc.Name, svc.Namespace)
+	if addr["address"] != wantHost || toInt(t, addr["port_value"]) != int(servicePort(t, svc, "xds").Port) {
+		t.Errorf("bootstrap xDS address %v:%v, want Service %s port %d", addr["address"], addr["port_value"], wantHost, servicePort(t, svc, "xds").Port)
+	}
+	delete(get(t, xds, "load_assignment", "endpoints", 0, "lb_endpoints", 0, "endpoint", "address").(map[string]any), "socket_address")
+	delete(get(t, refXDS, "load_assignment", "endpoints", 0, "lb_endpoints", 0, "endpoint", "address").(map[string]any), "socket_address")
+	if !reflect.DeepEqual(xds, refXDS) {
+		t.Errorf("bootstrap xds cluster differs from envoy/bootstrap.yaml's beyond its address:\n%v\n%v", xds, refXDS)
+	}
+
+	// The stats listener proxies only /ready and /stats/prometheus to the
+	// admin address; the probes use it.
+	statsPort, routes := statsListener(t, boot)
+	if !slices.Equal(routes, []string{"/ready", "/stats/prometheus"}) {
+		t.Errorf("stats listener routes %v, want only /ready and /stats/prometheus", routes)
+	}
+	adminAddr := get(t, boot, "admin", "address", "socket_address").(map[string]any)
+	adminEP := get(t, clusterNamed(t, boot, "admin"), "load_assignment", "endpoints", 0, "lb_endpoints", 0, "endpoint", "address", "socket_address").(map[string]any)
+	if !reflect.DeepEqual(adminAddr, adminEP) {
+		t.Errorf("admin cluster %v, admin listens on %v", adminEP, adminAddr)
+	}
+	if p := containerPort(t, c, "stats"); p != statsPort {
+		t.Errorf("container port stats %d, the stats listener is on %d", p, statsPort)
+	}
+	for name, probe := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
+		if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Path != "/ready" || resolvePort(t, c, probe.HTTPGet.Port) != statsPort {
+			t.Errorf("%s probe: want GET /ready on the stats port %d", name, statsPort)
+		}
+	}
+
+	// MQTT: the control plane's listener port, published by Service mqtt
+	// with the client's address kept.
+	if len(cp.Listeners) != 1 {
+		t.Fatalf("the control plane serves %d listeners; the manifests publish one", len(cp.Listeners))
+	}
+	l := cp.Listeners[0]
+	if p := containerPort(t, c, "mqtt"); p != l.Port {
+		t.Errorf("container port mqtt %d, the control plane's listener is on %d", p, l.Port)
+	}
+	if l.ModuleName != contract.ModuleName {
+		t.Errorf("listener %s loads module %q", l.Name, l.ModuleName)
+	}
+	mqttSvc := mustGet(t, m.services, "mqtt")
+	checkSelects(t, "Service mqtt", mqttSvc.Spec.Selector, d.Spec.Template.Labels)
+	if resolvePort(t, c, servicePort(t, mqttSvc, "mqtt").TargetPort) != l.Port {
+		t.Error("Service mqtt does not target the MQTT listener")
+	}
+	if mqttSvc.Spec.ExternalTrafficPolicy != corev1.ServiceExternalTrafficPolicyLocal {
+		t.Error("Service mqtt: externalTrafficPolicy is not Local, so brokers would see a node's address in the PROXY header")
+	}
+	pdb := mustGet(t, m.disruptions, "mqtt-sticky-envoy")
+	checkSelects(t, "PodDisruptionBudget", pdb.Spec.Selector.MatchLabels, d.Spec.Template.Labels)
+}
+
+// checkEMQX checks the EMQX headless Service against the control plane's
+// brokers.
+func checkEMQX(t *testing.T, m *manifests, cp *model.File) {
+	t.Helper()
+	svc := mustGet(t, m.services, "emqx-headless")
+	if svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		t.Errorf("emqx-headless: clusterIP %q, want None (the hash must see every broker)", svc.Spec.ClusterIP)
+	}
+	brokers := cp.Cluster(cp.Listeners[0].Cluster)
+	if brokers == nil {
+		t.Fatalf("no cluster %s", cp.Listeners[0].Cluster)
+	}
+	if brokers.ProxyProtocol == model.ProxyOff {
+		t.Error("the control plane sends no PROXY header; EMQX's listener requires one")
+	}
+	mqttPort := int(servicePort(t, svc, "mqtt").Port)
+	for _, e := range brokers.Endpoints {
+		if e.Port != mqttPort {
+			t.Errorf("endpoint %s: port %d, EMQX serves MQTT on %d", e, e.Port, mqttPort)
+		}
+	}
+}
+
+// readManifests decodes every document of kubernetes/*.yaml strictly.
+func readManifests(t *testing.T) *manifests {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join("kubernetes", "*.yaml"))
+	if len(files) == 0 {
+		t.Fatal("no kubernetes/*.yaml")
+	}
+	m := &manifests{
+		namespaces: map[string]*corev1.Namespace{}, configMaps: map[string]*corev1.ConfigMap{},
+		secrets: map[string]*corev1.Secret{}, services: map[string]*corev1.Service{},
+		pvcs: map[string]*corev1.PersistentVolumeClaim{}, deployments: map[string]*appsv1.Deployment{},
+		disruptions: map[string]*policyv1.PodDisruptionBudget{},
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, doc := range splitDocuments(data) {
+			where := fmt.Sprintf("%s document %d", f, i+1)
+			var tm struct{ APIVersion, Kind string }
+			if err := yaml.Unmarshal(doc, &tm); err != nil {
+				t.Fatalf("%s: %v", where, err)
+			}
+			var obj interface{ GetName() string }
+			var add func()
+			switch tm.APIVersion + " " + tm.Kind {
+			case "v1 Namespace":
+				o := &corev1.Namespace{}
+				obj, add = o, func() { m.namespaces[o.Name] = o }
+			case "v1 ConfigMap":
+				o := &corev1.ConfigMap{}
+				obj, add = o, func() { m.configMaps[o.Name] = o }
+			case "v1 Secret":
+				o := &corev1.Secret{}
+				obj, add = o, func() { m.secrets[o.Name] = o }
+			case "v1 Service":
+				o := &corev1.Service{}
+				obj, add = o, func() { m.services[o.Name] = o }
+			case "v1 PersistentVolumeClaim":
+				o := &corev1.PersistentVolumeClaim{}
+				obj, add = o, func() { m.pvcs[o.Name] = o }
+			case "apps/v1 Deployment":
+				o := &appsv1.Deployment{}
+				obj, add = o, func() { m.deployments[o.Name] = o }
+			case "policy/v1 PodDisruptionBudget":
+				o := &policyv1.PodDisruptionBudget{}
+				obj, add = o, func() { m.disruptions[o.Name] = o }
+			default:
+				t.Fatalf("%s: %s %s is not a kind this test decodes", where, tm.APIVersion, tm.Kind)
+			}
+			if err := strictDecode(doc, obj); err != nil {
+				t.Fatalf("%s (%s): %v", where, tm.Kind, err)
+			}
+			ns := reflect.ValueOf(obj).Elem().FieldByName("Namespace").String()
+			if tm.Kind != "Namespace" && ns != namespace {
+				t.Errorf("%s %s: namespace %q, want %q", tm.Kind, obj.GetName(), ns, namespace)
+			}
+			add()
+			m.objectsCount++
+		}
+	}
+	return m
+}
+
+// splitDocuments splits a YAML stream at its "---" lines, dropping empty
+// documents.
+func splitDocuments(data []byte) [][]byte {
+	var out [][]byte
+	for _, d := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(data), -1) {
+		if strings.TrimSpace(regexp.MustCompile(`(?m)^\s*#.*$`).ReplaceAllString(d, "")) != "" {
+			out = append(out, []byte(d))
+		}
+	}
+	return out
+}
+
+// strictDecode reads YAML as the API server's strict field validation
+// does: duplicate keys, unknown fields and fields in the wrong case fail.
+func strictDecode(doc []byte, into any) error {
+	js, err := yaml.YAMLToJSONStrict(doc)
+	if err != nil {
+		return err
+	}
+	strict, err := k8sjson.UnmarshalStrict(js, into)
+	if err != nil {
+		return err
+	}
+	return errorsJoin(strict)
+}
+
+func errorsJoin(errs []error) error {
+	if len(errs) == 0 {
+		return nil
+	}
+	var msgs []string
+	for _, e := range errs {
+		msgs = append(msgs, e.Error())
+	}
+	return fmt.Errorf("%s", strings.Join(msgs, "; "))
+}
+
+func mustGet[T any](t *testing.T, m map[string]*T, name string) *T {
+	t.Helper()
+	v := m[name]
+	if v == nil {
+		t.Fatalf("%T %s is not in the manifests", v, name)
+	}
+	return v
+}
+
+func container(t *testing.T, d *appsv1.Deployment, name string) *corev1.Container {
+	t.Helper()
+	for i := range d.Spec.Template.Spec.Containers {
+		if c := &d.Spec.Template.Spec.Containers[i]; c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("Deployment %s has no container %s", d.Name, name)
+	return nil
+}
+
+// argAfter returns the argument that follows flag.
+func argAfter(t *testing.T, args []string, flag string) string {
+	t.Helper()
+	i := slices.Index(args, flag)
+	if i < 0 || i+1 >= len(args) {
+		t.Fatalf("args %v: no %s", args, flag)
+	}
+	return args[i+1]
+}
+
+// volumeAt returns the volume mounted at dir in container c.
+func volumeAt(t *testing.T, d *appsv1.Deployment, c *corev1.Container, dir string) *corev1.Volume {
+	t.Helper()
+	for _, vm := range c.VolumeMounts {
+		if vm.MountPath == dir {
+			for i := range d.Spec.Template.Spec.Volumes {
+				if v := &d.Spec.Template.Spec.Volumes[i]; v.Name == vm.Name {
+					return v
+				}
+			}
+			t.Fatalf("Deployment %s mounts volume %s, which it does not define", d.Name, vm.Name)
+		}
+	}
+	t.Fatalf("Deployment %s: container %s mounts nothing at %s", d.Name, c.Name, dir)
+	return nil
+}
+
+// mountedConfigMap returns the ConfigMap and key a file path in the
+// container comes from.
+func mountedConfigMap(t *testing.T, m *manifests, d *appsv1.Deployment, c *corev1.Container, file string) (*corev1.ConfigMap, string) {
+	t.Helper()
+	v := volumeAt(t, d, c, path.Dir(file))
+	if v.ConfigMap == nil {
+		t.Fatalf("%s is not from a ConfigMap", file)
+	}
+	cm := mustGet(t, m.configMaps, v.ConfigMap.Name)
+	key := path.Base(file)
+	if _, ok := cm.Data[key]; !ok {
+		t.Fatalf("ConfigMap %s has no key %s for %s", cm.Name, key, file)
+	}
+	return cm, key
+}
+
+func containerPort(t *testing.T, c *corev1.Container, name string) int {
+	t.Helper()
+	for _, p := range c.Ports {
+		if p.Name == name {
+			return int(p.ContainerPort)
+		}
+	}
+	t.Fatalf("container %s has no port %s", c.Name, name)
+	return 0
+}
+
+// resolvePort returns a port number, looking a name up in the container.
+func resolvePort(t *testing.T, c *corev1.Container, p intstr.IntOrString) int {
+	t.Helper()
+	if p.Type == intstr.Int {
+		return p.IntValue()
+	}
+	return containerPort(t, c, p.StrVal)
+}
+
+func servicePort(t *testing.T, s *corev1.Service, name string) corev1.ServicePort {
+	t.Helper()
+	for _, p := range s.Spec.Ports {
+		if p.Name == name {
+			return p
+		}
+	}
+	t.Fatalf("Service %s has no port %s", s.Name, name)
+	return corev1.ServicePort{}
+}
+
+func checkSelects(t *testing.T, what string, selector, labels map[string]string) {
+	t.Helper()
+	if len(selector) == 0 {
+		t.Errorf("%s selects nothing", what)
+	}
+	for k, v := range selector {
+		if labels[k] != v {
+			t.Errorf("%s selects %s=%s, which the pods lack", what, k, v)
+		}
+	}
+}
+
+func envValue(c *corev1.Container, name string) string {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value
+		}
+	}
+	return ""
+}
+
+func portOf(t *testing.T, hostport string) int {
+	t.Helper()
+	_, p, err := net.SplitHostPort(hostport)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// get walks decoded YAML by map keys and list indexes.
+func get(t *testing.T, v any, keys ...any) any {
+	t.Helper()
+	for _, k := range keys {
+		switch k := k.(type) {
+		case string:
+			m, ok := v.(map[string]any)
+			if !ok {
+				t.Fatalf("path %v: %q is not in a map", keys, k)
+			}
+			v = m[k]
+		case int:
+			l, ok := v.([]any)
+			if !ok || k >= len(l) {
+				t.Fatalf("path %v: no index %d", keys, k)
+			}
+			v = l[k]
+		}
+	}
+	return v
+}
+
+func toInt(t *testing.T, v any) int {
+	t.Helper()
+	f, ok := v.(float64)
+	if !ok {
+		t.Fatalf("%v is not a number", v)
+	}
+	return int(f)
+}
+
+// clusterNamed returns a static cluster of a bootstrap.
+func clusterNamed(t *testing.T, boot map[string]any, name string) map[string]any {
+	t.Helper()
+	clusters, _ := get(t, boot, "static_resources", "clusters").([]any)
+	for _, c := range clusters {
+		if cm, ok := c.(map[string]any); ok && cm["name"] == name {
+			return cm
+		}
+	}
+	t.Fatalf("bootstrap has no static cluster %s", name)
+	return nil
+}
+
+// statsListener returns the port of the bootstrap's "stats" listener and
+// the paths it routes to the admin cluster.
+func statsListener(t *testing.T, boot map[string]any) (int, []string) {
+	t.Helper()
+	listeners, _ := get(t, boot, "static_resources", "listeners").([]any)
+	for _, l := range listeners {
+		lm, _ := l.(map[string]any)
+		if lm["name"] != "stats" {
+			continue
+		}
+		port := toInt(t, get(t, lm, "address", "socket_address", "port_value"))
+		hcm := get(t, lm, "filter_chains", 0, "filters", 0, "typed_config")
+		hosts, _ := get(t, hcm, "route_config", "virtual_hosts").([]any)
+		var paths []string
+		for _, h := range hosts {
+			routes, _ := get(t, h, "routes").([]any)
+			for _, r := range routes {
+				if get(t, r, "route", "cluster") != "admin" {
+					t.Errorf("stats listener route %v does not go to the admin cluster", r)
+				}
+				p, _ := get(t, r, "match", "path").(string)
+				if p == "" {
+					t.Errorf("stats listener route %v matches more than one exact path", r)
+				}
+				paths = append(paths, p)
+			}
+		}
+		slices.Sort(paths)
+		return port, paths
+	}
+	t.Fatal("bootstrap has no stats listener")
+	return 0, nil
+}
