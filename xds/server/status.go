@@ -292,6 +292,12 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "mqtt_sticky_xds_version", Help: "The resource version being served.",
 		}),
 	}
+	// Every resource type's series exists from the start, at 0: a
+	// dashboard or alert then sees "no NACK yet" instead of no data.
+	for _, typeURL := range []string{resource.ListenerType, resource.ClusterType, resource.EndpointType, resource.ExtensionConfigType} {
+		m.responses.WithLabelValues(shortType(typeURL))
+		m.nacks.WithLabelValues(shortType(typeURL))
+	}
 	if reg != nil {
 		reg.MustRegister(m.pushes, m.responses, m.nacks, m.connected, m.version)
 	}
