@@ -83,6 +83,63 @@ func TestManifestsAgree(t *testing.T) {
 	cp := checkControlPlane(t, m)
 	checkEnvoy(t, m, cp)
 	checkEMQX(t, m, cp)
+	checkScrapeConfig(t, m)
+}
+
+// checkScrapeConfig checks prometheus/prometheus.yaml against the
+// manifests: each job finds its pods through a headless Service of the
+// manifests, on the port that serves its metrics path.
+func checkScrapeConfig(t *testing.T, m *manifests) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("prometheus", "prometheus.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		ScrapeConfigs []struct {
+			JobName     string `json:"job_name"`
+			MetricsPath string `json:"metrics_path"`
+			DNSSD       []struct {
+				Names []string `json:"names"`
+				Type  string   `json:"type"`
+				Port  int      `json:"port"`
+			} `json:"dns_sd_configs"`
+		} `json:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(raw, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]struct{ deployment, container, port, path string }{
+		"mqtt-sticky-envoy":         {"mqtt-sticky-envoy", "envoy", "stats", "/stats/prometheus"},
+		"mqtt-sticky-control-plane": {"mqtt-sticky-control-plane", "control-plane", "api", "/metrics"},
+	}
+	for _, job := range cfg.ScrapeConfigs {
+		w, ok := want[job.JobName]
+		if !ok {
+			t.Errorf("scrape job %s is not one this test knows", job.JobName)
+			continue
+		}
+		delete(want, job.JobName)
+		if job.MetricsPath != w.path || len(job.DNSSD) != 1 || len(job.DNSSD[0].Names) != 1 || job.DNSSD[0].Type != "A" {
+			t.Errorf("scrape job %s: path %s, dns_sd_configs %v; want %s from one A record", job.JobName, job.MetricsPath, job.DNSSD, w.path)
+			continue
+		}
+		name, ok := strings.CutSuffix(job.DNSSD[0].Names[0], "."+namespace+".svc.cluster.local")
+		svc := m.services[name]
+		if !ok || svc == nil || svc.Spec.ClusterIP != corev1.ClusterIPNone {
+			t.Errorf("scrape job %s: %s is not a headless Service of the manifests", job.JobName, job.DNSSD[0].Names[0])
+			continue
+		}
+		d := mustGet(t, m.deployments, w.deployment)
+		checkSelects(t, "Service "+svc.Name, svc.Spec.Selector, d.Spec.Template.Labels)
+		c := container(t, d, w.container)
+		if sp := servicePort(t, svc, w.port); int(sp.Port) != job.DNSSD[0].Port || resolvePort(t, c, sp.TargetPort) != containerPort(t, c, w.port) {
+			t.Errorf("scrape job %s: port %d; Service %s port %s is %d and targets %s", job.JobName, job.DNSSD[0].Port, svc.Name, w.port, sp.Port, sp.TargetPort.String())
+		}
+	}
+	for job := range want {
+		t.Errorf("prometheus.yaml has no scrape job %s", job)
+	}
 }
 
 // checkControlPlane checks the control plane's Deployment, Service,
