@@ -57,12 +57,13 @@ type Status struct {
 }
 
 // ClusterStatus is what the control plane knows of one cluster beyond its
-// configuration: how its discovery fares, and its health as the Envoy
-// nodes report it.
+// configuration: how its discovery fares, its health as the Envoy nodes
+// report it, and each broker's health and connections on every node.
 type ClusterStatus struct {
 	Name      string                `json:"name"`
 	Discovery *discovery.Status     `json:"discovery,omitempty"`
 	Health    *health.ClusterHealth `json:"health,omitempty"`
+	Brokers   []health.Broker       `json:"brokers,omitempty"`
 }
 
 // Error is the body of every 4xx and 5xx answer.
@@ -128,6 +129,9 @@ func (f Fleet) ClusterStatus() []ClusterStatus {
 		}
 		if r, ok := hl[c.Name]; ok {
 			cs.Health = &r
+		}
+		if f.Health != nil {
+			cs.Brokers = f.Health.Brokers(c.Name)
 		}
 		out = append(out, cs)
 	}

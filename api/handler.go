@@ -72,6 +72,7 @@ func NewHandler(b Backend, opts Options) http.Handler {
 	route("GET /healthz", false, func(http.ResponseWriter, *http.Request) (int, any) {
 		return http.StatusOK, Health{Status: "ok", Version: h.b.Version()}
 	})
+	mux.HandleFunc("GET /{$}", h.statusPageHandler)
 	route("/", false, func(_ http.ResponseWriter, r *http.Request) (int, any) {
 		return http.StatusNotFound, Error{fmt.Sprintf("no route for %s %s: see /openapi.yaml", r.Method, r.URL.Path)}
 	})
@@ -83,11 +84,16 @@ func NewHandler(b Backend, opts Options) http.Handler {
 	return mux
 }
 
+// authorized checks the token, sent as a bearer token or, by a browser,
+// as the password of HTTP Basic auth.
 func (h *handler) authorized(r *http.Request) bool {
 	if h.opts.Token == "" {
 		return true
 	}
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		_, got, ok = r.BasicAuth()
+	}
 	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(h.opts.Token)) == 1
 }
 

@@ -29,6 +29,11 @@ type fixture struct {
 	st     *control.Controller
 }
 
+func init() {
+	// The status page's HTML and its 401's text are checked as strings.
+	openapi3filter.RegisterBodyDecoder("text/html", openapi3filter.PlainBodyDecoder)
+}
+
 func newFixture(t *testing.T, token string) *fixture {
 	t.Helper()
 	srv := server.New(nil, prometheus.NewRegistry())
@@ -56,14 +61,18 @@ func newFixture(t *testing.T, token string) *fixture {
 }
 
 // call sends a request and checks the response against openapi.yaml. When
-// validRequest is set, the request is checked against it too.
+// validRequest is set, the request is checked against it too. A token
+// goes as a bearer token, or as a Basic auth password when it starts
+// with "basic:".
 func (f *fixture) call(t *testing.T, method, path, token, body string, validRequest bool) (int, []byte) {
 	t.Helper()
 	req, _ := http.NewRequest(method, f.ts.URL+path, strings.NewReader(body))
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if token != "" {
+	if password, ok := strings.CutPrefix(token, "basic:"); ok {
+		req.SetBasicAuth("operator", password)
+	} else if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	route, params, err := f.router.FindRoute(req)
@@ -189,6 +198,50 @@ func TestBearerToken(t *testing.T) {
 	}
 	if code, _ := f.call(t, "GET", "/healthz", "", "", true); code != 200 {
 		t.Errorf("healthz needs no token: %d", code)
+	}
+}
+
+// The status page: HTML with the clusters and brokers, behind the token
+// like /v1; a browser gives the token as the Basic auth password.
+func TestStatusPage(t *testing.T) {
+	f := newFixture(t, "s3cret")
+	code, body := f.call(t, "GET", "/", "basic:s3cret", "", true)
+	page := string(body)
+	for _, want := range []string{"<title>mqtt-sticky status</title>", `id="brokers-brokers"`, "127.0.0.1:18831", "127.0.0.1:18833", "maglev", "no Envoy has connected"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("status page lacks %q", want)
+		}
+	}
+	if code != 200 || strings.Contains(page, "http://") || strings.Contains(page, "https://") || strings.Contains(page, "<script") {
+		t.Errorf("status page: %d, or it loads from elsewhere or runs a script:\n%s", code, page)
+	}
+	if code, _ := f.call(t, "GET", "/", "s3cret", "", true); code != 200 {
+		t.Errorf("bearer token: %d", code)
+	}
+	for _, token := range []string{"", "basic:wrong", "wrong"} {
+		req, _ := http.NewRequest("GET", f.ts.URL+"/", nil)
+		if p, ok := strings.CutPrefix(token, "basic:"); ok {
+			req.SetBasicAuth("operator", p)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 401 || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Basic ") {
+			t.Errorf("token %q: %d, WWW-Authenticate %q; want 401 asking for Basic auth", token, resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+		}
+	}
+	if code, _ := f.call(t, "GET", "/v1/clusters", "basic:s3cret", "", true); code != 200 {
+		t.Errorf("/v1 with the token as Basic auth password: %d", code)
+	}
+	resp, err := http.Get(f.ts.URL + "/no-such-page")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 {
+		t.Errorf("another path: %d, want 404", resp.StatusCode)
 	}
 }
 

@@ -1,5 +1,7 @@
 // Package health reads each Envoy node's own view of broker health, so the
-// control plane can say when a cluster's health check can never pass.
+// control plane can say when a cluster's health check can never pass, and
+// each broker's health and open connections on every node, for the status
+// page and /v1/status.
 //
 // xDS carries configuration to Envoy, never health back. Of the ways Envoy
 // 1.40 reports health, this package reads the admin /clusters endpoint of
@@ -8,7 +10,10 @@
 //   - it is the load balancer's own view: the flags Envoy routes by;
 //   - health-check event sinks only write files on the Envoy host (the
 //     event_service field is not implemented);
-//   - LRS reports load, not health;
+//   - LRS reports load, not health, and Envoy 1.40 refuses it beside the
+//     per-endpoint stats the Prometheus dashboard reads ("Only one of
+//     cluster per_endpoint_stats and cluster manager load_stats_config
+//     can be specified": both latch the same host counters);
 //   - HDS makes Envoy run separate probes, doubling the brokers' probe
 //     load and reporting those probes rather than the cluster's view.
 //
@@ -24,6 +29,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -56,6 +62,27 @@ type ClusterHealth struct {
 	Message      string `json:"message,omitempty"`
 }
 
+// Host is one broker as one Envoy node reports it.
+type Host struct {
+	Healthy bool `json:"healthy"`
+	// Connections is the number of client connections the node holds to
+	// the broker (Envoy's cx_active for the host).
+	Connections uint64 `json:"connections"`
+}
+
+// Broker is one endpoint of a cluster as the Envoy nodes report it.
+type Broker struct {
+	Address string `json:"address"`
+	// Nodes is each reporting node's view; a node that does not list the
+	// endpoint (it has not received it yet) is absent.
+	Nodes map[string]Host `json:"nodes"`
+	// Connections is the sum of the nodes' connections.
+	Connections uint64 `json:"connections"`
+}
+
+// nodeView is one node's /clusters: cluster -> "address:port" -> host.
+type nodeView map[string]map[string]Host
+
 // Watcher polls the nodes' admin endpoints.
 type Watcher struct {
 	src      Source
@@ -68,10 +95,11 @@ type Watcher struct {
 	healthy      *prometheus.GaugeVec
 	polls        *prometheus.CounterVec
 
-	mu     sync.Mutex
-	hosts  map[string]map[string]*hostState // cluster -> address:port -> state
-	report map[string]ClusterHealth
-	failed map[string]bool // nodes whose last poll failed, to log once
+	mu      sync.Mutex
+	hosts   map[string]map[string]*hostState // cluster -> address:port -> state
+	report  map[string]ClusterHealth
+	brokers map[string][]Broker // cluster -> its endpoints, in the model's order
+	failed  map[string]bool     // nodes whose last poll failed, to log once
 }
 
 type hostState struct {
@@ -140,7 +168,7 @@ func (w *Watcher) Poll(ctx context.Context) {
 	if m == nil {
 		return
 	}
-	views := map[string]map[string]map[string]bool{} // node -> cluster -> address -> healthy
+	views := map[string]nodeView{} // by node
 	for _, n := range w.src.Nodes() {
 		if !n.Connected || n.AdminAddress == "" {
 			continue
@@ -168,13 +196,24 @@ func (w *Watcher) logFailure(node string, err error) {
 	}
 }
 
+// Brokers returns a cluster's endpoints with each reporting node's view of
+// them, in the model's order; nil before the first poll or for a cluster
+// the model does not have.
+func (w *Watcher) Brokers(cluster string) []Broker {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.brokers[cluster])
+}
+
 // update folds the nodes' views into each cluster's host states.
-func (w *Watcher) update(m *model.Model, views map[string]map[string]map[string]bool) {
+func (w *Watcher) update(m *model.Model, views map[string]nodeView) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	now := w.now()
 	report := map[string]ClusterHealth{}
+	w.brokers = map[string][]Broker{}
 	for _, c := range m.Clusters {
+		w.brokers[c.Name] = brokers(c, views)
 		if c.HealthCheck.Type == model.HealthOff {
 			delete(w.hosts, c.Name)
 			continue
@@ -184,7 +223,7 @@ func (w *Watcher) update(m *model.Model, views map[string]map[string]map[string]
 		for node, view := range views {
 			r.Healthy[node] = 0
 			for addr, st := range hosts {
-				if view[c.Name][addr] {
+				if view[c.Name][addr].Healthy {
 					st.everHealthy = true
 					r.Healthy[node]++
 				}
@@ -202,6 +241,22 @@ func (w *Watcher) update(m *model.Model, views map[string]map[string]map[string]
 		report[c.Name] = r
 	}
 	w.report = report
+}
+
+// brokers returns a cluster's endpoints as the nodes report them.
+func brokers(c model.Cluster, views map[string]nodeView) []Broker {
+	out := make([]Broker, 0, len(c.Endpoints))
+	for _, e := range c.Endpoints {
+		b := Broker{Address: e.Key(), Nodes: map[string]Host{}}
+		for node, v := range views {
+			if h, ok := v[c.Name][b.Address]; ok {
+				b.Nodes[node] = h
+				b.Connections += h.Connections
+			}
+		}
+		out = append(out, b)
+	}
+	return out
 }
 
 // trackHosts returns the cluster's host states, starting a new one for
@@ -259,12 +314,18 @@ type clustersDoc struct {
 				} `json:"socket_address"`
 			} `json:"address"`
 			HealthStatus map[string]any `json:"health_status"`
+			// Stats holds cx_active among others; Envoy leaves "value"
+			// out when it is 0.
+			Stats []struct {
+				Name  string `json:"name"`
+				Value string `json:"value"`
+			} `json:"stats"`
 		} `json:"host_statuses"`
 	} `json:"cluster_statuses"`
 }
 
-// read returns one node's view: cluster -> "address:port" -> healthy.
-func (w *Watcher) read(ctx context.Context, adminAddr string) (map[string]map[string]bool, error) {
+// read returns one node's view.
+func (w *Watcher) read(ctx context.Context, adminAddr string) (nodeView, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+adminAddr+"/clusters?format=json", nil)
 	if err != nil {
 		return nil, err
@@ -281,16 +342,22 @@ func (w *Watcher) read(ctx context.Context, adminAddr string) (map[string]map[st
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxBody)).Decode(&doc); err != nil {
 		return nil, fmt.Errorf("GET /clusters: %w", err)
 	}
-	view := map[string]map[string]bool{}
+	v := nodeView{}
 	for _, c := range doc.ClusterStatuses {
-		hosts := map[string]bool{}
+		hosts := map[string]Host{}
 		for _, h := range c.HostStatuses {
 			a := h.Address.SocketAddress
-			hosts[model.Endpoint{Address: a.Address, Port: a.PortValue}.KeyOrRaw()] = healthy(h.HealthStatus)
+			host := Host{Healthy: healthy(h.HealthStatus)}
+			for _, st := range h.Stats {
+				if st.Name == "cx_active" {
+					host.Connections, _ = strconv.ParseUint(st.Value, 10, 64)
+				}
+			}
+			hosts[model.Endpoint{Address: a.Address, Port: a.PortValue}.KeyOrRaw()] = host
 		}
-		view[c.Name] = hosts
+		v[c.Name] = hosts
 	}
-	return view, nil
+	return v, nil
 }
 
 // healthy reads Envoy's health_status: EDS status HEALTHY and no failure

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
@@ -17,8 +18,8 @@ func TestNeverHealthy(t *testing.T) {
 	w := New(nil, time.Second, nil, prometheus.NewRegistry())
 	now := time.Unix(1000, 0)
 	w.now = func() time.Time { return now }
-	down := map[string]map[string]map[string]bool{"envoy-1": {"brokers": {}}}
-	step := func(d time.Duration, views map[string]map[string]map[string]bool) ClusterHealth {
+	down := map[string]nodeView{"envoy-1": {"brokers": {}}}
+	step := func(d time.Duration, views map[string]nodeView) ClusterHealth {
 		now = now.Add(d)
 		w.update(m, views)
 		return w.Report()[0]
@@ -32,7 +33,7 @@ func TestNeverHealthy(t *testing.T) {
 	if r := step(time.Second, nil); r.NeverHealthy {
 		t.Error("flagged with no node reporting")
 	}
-	up := map[string]map[string]map[string]bool{"envoy-1": {"brokers": {"127.0.0.1:18832": true}}}
+	up := map[string]nodeView{"envoy-1": {"brokers": {"127.0.0.1:18832": {Healthy: true}}}}
 	if r := step(time.Second, up); r.NeverHealthy || r.Healthy["envoy-1"] != 1 {
 		t.Errorf("a healthy endpoint: %+v", r)
 	}
@@ -45,5 +46,37 @@ func TestNeverHealthy(t *testing.T) {
 	}
 	if r := step(time.Hour, down); !r.NeverHealthy {
 		t.Error("a new endpoint set that never passed was not flagged")
+	}
+}
+
+// Each broker of each cluster, in the model's order, with every reporting
+// node's view and the connections summed; an endpoint a node does not
+// list is absent from that node's view, and one it lists but the model
+// does not have is ignored.
+func TestBrokers(t *testing.T) {
+	m := model.Default() // brokers: 127.0.0.1:18831-18833
+	w := New(nil, time.Second, nil, prometheus.NewRegistry())
+	if b := w.Brokers("brokers"); b != nil {
+		t.Errorf("before the first poll: %v", b)
+	}
+	w.update(m, map[string]nodeView{
+		"envoy-1": {"brokers": {
+			"127.0.0.1:18831": {Healthy: true, Connections: 3},
+			"127.0.0.1:18832": {Healthy: false},
+			"10.9.9.9:1883":   {Healthy: true, Connections: 7},
+		}},
+		"envoy-2": {"brokers": {"127.0.0.1:18831": {Healthy: true, Connections: 2}}},
+	})
+	got := w.Brokers("brokers")
+	want := []Broker{
+		{Address: "127.0.0.1:18831", Connections: 5, Nodes: map[string]Host{"envoy-1": {true, 3}, "envoy-2": {true, 2}}},
+		{Address: "127.0.0.1:18832", Nodes: map[string]Host{"envoy-1": {false, 0}}},
+		{Address: "127.0.0.1:18833", Nodes: map[string]Host{}},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("brokers (-want +got):\n%s", diff)
+	}
+	if b := w.Brokers("no-such-cluster"); b != nil {
+		t.Errorf("unknown cluster: %v", b)
 	}
 }
