@@ -95,7 +95,8 @@ fuzz: ## run each fuzz target for 5 minutes
 	$(MAKE) fuzz-short FUZZTIME=5m
 
 e2e: envoy compose-tool eg-tool ## end-to-end tests against the real Envoy (fails when Envoy is missing)
-	DOCKER_CONFIG=$(DOCKER_CONFIG_DIR) EGCTL=$(EGCTL) $(GO) test -count=1 -timeout 20m -v ./tests/
+	@mkdir -p build/test-output
+	DOCKER_CONFIG=$(DOCKER_CONFIG_DIR) EGCTL=$(EGCTL) $(GO) test -count=1 -timeout 20m -v -artifacts -outputdir $(CURDIR)/build/test-output ./tests/
 
 validate: filter envoy ## check envoy/static.yaml and envoy/bootstrap.yaml with envoy --mode validate
 	ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/build $(ENVOY_LAUNCHER) --mode validate -c envoy/static.yaml
