@@ -233,13 +233,7 @@ func checkEnvoy(t *testing.T, m *manifests, cp *model.File) {
 	if argAfter(t, c.Args, "--service-node") != "$(POD_NAME)" {
 		t.Error("--service-node is not $(POD_NAME)")
 	}
-	podName := false
-	for _, e := range c.Env {
-		if e.Name == "POD_NAME" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.name" {
-			podName = true
-		}
-	}
-	if !podName {
+	if fieldRef(c, "POD_NAME") != "metadata.name" {
 		t.Error("POD_NAME does not come from metadata.name")
 	}
 
@@ -295,11 +289,25 @@ func checkEnvoy(t *testing.T, m *manifests, cp *model.File) {
 		t.Errorf("bootstrap xds cluster differs from envoy/bootstrap.yaml's beyond its address:\n%v\n%v", xds, refXDS)
 	}
 
-	// The stats listener proxies only /ready and /stats/prometheus to the
-	// admin address; the probes use it.
+	// The stats listener proxies only /clusters, /ready and
+	// /stats/prometheus to the admin address; the probes use it, and the
+	// node tells the control plane to read /clusters there.
 	statsPort, routes := statsListener(t, boot)
-	if !slices.Equal(routes, []string{"/ready", "/stats/prometheus"}) {
-		t.Errorf("stats listener routes %v, want only /ready and /stats/prometheus", routes)
+	if !slices.Equal(routes, []string{"/clusters", "/ready", "/stats/prometheus"}) {
+		t.Errorf("stats listener routes %v, want only /clusters, /ready and /stats/prometheus", routes)
+	}
+	var extra map[string]any
+	if err := yaml.UnmarshalStrict([]byte(argAfter(t, c.Args, "--config-yaml")), &extra); err != nil {
+		t.Fatalf("--config-yaml: %v", err)
+	}
+	if got, want := get(t, extra, "node", "metadata", "admin_address"), fmt.Sprintf("$(POD_IP):%d", statsPort); got != want {
+		t.Errorf("--config-yaml sets admin_address %v, want %s (the stats listener on the pod's IP)", got, want)
+	}
+	if fieldRef(c, "POD_IP") != "status.podIP" {
+		t.Error("POD_IP does not come from status.podIP")
+	}
+	if get(t, boot, "node", "metadata") != nil {
+		t.Error("the bootstrap sets node.metadata, which --config-yaml replaces")
 	}
 	adminAddr := get(t, boot, "admin", "address", "socket_address").(map[string]any)
 	adminEP := get(t, clusterNamed(t, boot, "admin"), "load_assignment", "endpoints", 0, "lb_endpoints", 0, "endpoint", "address", "socket_address").(map[string]any)
@@ -347,6 +355,9 @@ func checkEMQX(t *testing.T, m *manifests, cp *model.File) {
 	if svc.Spec.ClusterIP != corev1.ClusterIPNone {
 		t.Errorf("emqx-headless: clusterIP %q, want None (the hash must see every broker)", svc.Spec.ClusterIP)
 	}
+	if svc.Spec.PublishNotReadyAddresses {
+		t.Error("emqx-headless publishes pods that are not ready")
+	}
 	brokers := cp.Cluster(cp.Listeners[0].Cluster)
 	if brokers == nil {
 		t.Fatalf("no cluster %s", cp.Listeners[0].Cluster)
@@ -354,12 +365,23 @@ func checkEMQX(t *testing.T, m *manifests, cp *model.File) {
 	if brokers.ProxyProtocol == model.ProxyOff {
 		t.Error("the control plane sends no PROXY header; EMQX's listener requires one")
 	}
-	mqttPort := int(servicePort(t, svc, "mqtt").Port)
-	for _, e := range brokers.Endpoints {
-		if e.Port != mqttPort {
-			t.Errorf("endpoint %s: port %d, EMQX serves MQTT on %d", e, e.Port, mqttPort)
+	// The brokers are the SRV records of the headless Service's MQTT port.
+	mqttPort := servicePort(t, svc, "mqtt")
+	want := fmt.Sprintf("_%s._%s.%s.%s.svc.cluster.local", mqttPort.Name, strings.ToLower(string(mqttPort.Protocol)), svc.Name, svc.Namespace)
+	if d := brokers.Discovery; d == nil || d.DNS == nil || d.DNS.Name != want || d.DNS.Record != model.RecordSRV {
+		t.Errorf("cluster %s: discovery %+v, want the SRV records %s", brokers.Name, brokers.Discovery, want)
+	}
+}
+
+// fieldRef returns the downward-API field an environment variable comes
+// from.
+func fieldRef(c *corev1.Container, name string) string {
+	for _, e := range c.Env {
+		if e.Name == name && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+			return e.ValueFrom.FieldRef.FieldPath
 		}
 	}
+	return ""
 }
 
 // readManifests decodes every document of kubernetes/*.yaml strictly.
