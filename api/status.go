@@ -95,7 +95,7 @@ func statusPageData(b Backend, now time.Time) statusPage {
 			rs := n.Resources[typ]
 			pn.Resources = append(pn.Resources, pageResource{
 				ResourceStatus: rs,
-				Rejecting:      rs.NackedVersion != "" && rs.NackedVersion == rs.SentVersion && rs.AckedVersion != rs.SentVersion,
+				Rejecting:      rs.Rejecting(),
 				Current:        rs.AckedVersion == strconv.FormatUint(version, 10),
 			})
 		}

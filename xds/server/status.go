@@ -331,14 +331,14 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 			if v, err := strconv.ParseUint(rs.AckedVersion, 10, 64); err == nil {
 				ch <- prometheus.MustNewConstMetric(nodeAckedDesc, prometheus.GaugeValue, float64(v), n.ID, kind)
 			}
-			ch <- prometheus.MustNewConstMetric(nodeRejectingDesc, prometheus.GaugeValue, boolValue(rs.rejecting()), n.ID, kind)
+			ch <- prometheus.MustNewConstMetric(nodeRejectingDesc, prometheus.GaugeValue, boolValue(rs.Rejecting()), n.ID, kind)
 		}
 	}
 }
 
-// rejecting reports whether the node's answer to the version last sent
+// Rejecting reports whether the node's answer to the version last sent
 // was a NACK.
-func (rs ResourceStatus) rejecting() bool {
+func (rs ResourceStatus) Rejecting() bool {
 	return rs.NackedVersion != "" && rs.NackedVersion == rs.SentVersion && rs.AckedVersion != rs.SentVersion
 }
 
