@@ -7,14 +7,56 @@ import (
 	"time"
 )
 
-// KeySource names what the routing key is taken from: a CONNECT field.
-// (The config key is hash_key; the filter-state key the result is stored
-// under is FilterStateKey.)
+// KeySource names what the routing key is taken from: a CONNECT field, or
+// the verified client certificate of a TLS connection. (The config key is
+// hash_key; the filter-state key the result is stored under is
+// FilterStateKey.)
 type KeySource string
 
 const (
 	KeyClientID KeySource = "client_id"
 	KeyUsername KeySource = "username"
+	// KeyCertCN, KeyCertURISAN and KeyCertDNSSAN route on the client
+	// certificate's identity, as a broker with peer_cert_as_clientid names
+	// the client. See IdentitySource for which value each one takes.
+	KeyCertCN     KeySource = "cert_cn"
+	KeyCertURISAN KeySource = "cert_uri_san"
+	KeyCertDNSSAN KeySource = "cert_dns_san"
+)
+
+// Certificate reports whether the key comes from the client certificate,
+// and from which part of it.
+func (k KeySource) Certificate() (IdentitySource, bool) {
+	switch k {
+	case KeyCertCN:
+		return IdentityCN, true
+	case KeyCertURISAN:
+		return IdentityURISAN, true
+	case KeyCertDNSSAN:
+		return IdentityDNSSAN, true
+	}
+	return "", false
+}
+
+// IdentityBinding names the CONNECT field that must equal the client
+// certificate's identity.
+type IdentityBinding string
+
+const (
+	BindingOff      IdentityBinding = "off"
+	BindingClientID IdentityBinding = "client_id"
+	BindingUsername IdentityBinding = "username"
+)
+
+// IdentitySource is the part of the verified client certificate that
+// names the client: the subject's common name, or the first URI or DNS
+// subject alternative name, in the certificate's order.
+type IdentitySource string
+
+const (
+	IdentityCN     IdentitySource = "cn"
+	IdentityURISAN IdentitySource = "uri_san"
+	IdentityDNSSAN IdentitySource = "dns_san"
 )
 
 // EmptyKeyPolicy says what to do when the hash key field is empty, as it is
@@ -40,6 +82,8 @@ const (
 	maxConnectTimeoutMs = 10 * 60 * 1000  // ten minutes: longer only helps slowloris
 	defaultKeyPolicy    = EmptyAny        // an assigned ID has no session to keep
 	defaultKeySource    = KeyClientID
+	defaultBinding      = BindingOff
+	defaultIdentity     = IdentityCN
 )
 
 // Config is the filter's configuration: the JSON carried in the Envoy
@@ -49,6 +93,15 @@ type Config struct {
 	EmptyKey         EmptyKeyPolicy `json:"empty_key,omitempty"`
 	MaxConnectBytes  int            `json:"max_connect_bytes,omitempty"`
 	ConnectTimeoutMs int            `json:"connect_timeout_ms,omitempty"`
+	// IdentityBinding refuses a CONNECT whose client ID (or user name)
+	// is not the client certificate's identity, taken from
+	// IdentitySource.
+	IdentityBinding IdentityBinding `json:"identity_binding,omitempty"`
+	IdentitySource  IdentitySource  `json:"identity_source,omitempty"`
+	// ProxyProtocolCN has the filter build a PROXY protocol v2 SSL TLV
+	// (type 0x20) holding the client certificate's CN, for tcp_proxy to
+	// send to the broker (EMQX reads it for peer_cert_as_clientid).
+	ProxyProtocolCN bool `json:"proxy_protocol_cn,omitempty"`
 }
 
 // ParseConfig reads the filter_config JSON, fills in defaults and validates
@@ -87,15 +140,31 @@ func (c *Config) SetDefaults() {
 	if c.ConnectTimeoutMs == 0 {
 		c.ConnectTimeoutMs = DefaultConnectTimeoutMs
 	}
+	if c.IdentityBinding == "" {
+		c.IdentityBinding = defaultBinding
+	}
+	if c.IdentitySource == "" {
+		c.IdentitySource = defaultIdentity
+	}
 }
 
 // Validate checks a Config whose defaults are filled in. Its errors name
 // the field and the values it accepts.
 func (c *Config) Validate() error {
 	switch c.HashKey {
-	case KeyClientID, KeyUsername:
+	case KeyClientID, KeyUsername, KeyCertCN, KeyCertURISAN, KeyCertDNSSAN:
 	default:
-		return fmt.Errorf("hash_key %q: must be %q or %q", c.HashKey, KeyClientID, KeyUsername)
+		return fmt.Errorf("hash_key %q: must be %q, %q, %q, %q or %q", c.HashKey, KeyClientID, KeyUsername, KeyCertCN, KeyCertURISAN, KeyCertDNSSAN)
+	}
+	switch c.IdentityBinding {
+	case BindingOff, BindingClientID, BindingUsername:
+	default:
+		return fmt.Errorf("identity_binding %q: must be %q, %q or %q", c.IdentityBinding, BindingOff, BindingClientID, BindingUsername)
+	}
+	switch c.IdentitySource {
+	case IdentityCN, IdentityURISAN, IdentityDNSSAN:
+	default:
+		return fmt.Errorf("identity_source %q: must be %q, %q or %q", c.IdentitySource, IdentityCN, IdentityURISAN, IdentityDNSSAN)
 	}
 	switch c.EmptyKey {
 	case EmptyAny, EmptySourceIP, EmptyReject:
@@ -109,6 +178,14 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("connect_timeout_ms %d: must be between 1 and %d", c.ConnectTimeoutMs, maxConnectTimeoutMs)
 	}
 	return nil
+}
+
+// NeedsCertificate reports whether the config routes on, binds to or
+// forwards the client certificate: every connection must then carry a
+// verified one, and a connection without fails closed.
+func (c *Config) NeedsCertificate() bool {
+	_, fromCert := c.HashKey.Certificate()
+	return fromCert || c.IdentityBinding != BindingOff || c.ProxyProtocolCN
 }
 
 // ConnectTimeout is ConnectTimeoutMs as a duration.

@@ -11,7 +11,8 @@ func TestParseConfigDefaults(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", in, err)
 		}
-		want := Config{HashKey: KeyClientID, EmptyKey: EmptyAny, MaxConnectBytes: 65536, ConnectTimeoutMs: 10000}
+		want := Config{HashKey: KeyClientID, EmptyKey: EmptyAny, MaxConnectBytes: 65536, ConnectTimeoutMs: 10000,
+			IdentityBinding: BindingOff, IdentitySource: IdentityCN}
 		if *c != want {
 			t.Errorf("%q: %+v, want %+v", in, *c, want)
 		}
@@ -28,10 +29,32 @@ func TestParseConfigValues(t *testing.T) {
 	}
 }
 
+func TestNeedsCertificate(t *testing.T) {
+	for in, want := range map[string]bool{
+		`{}`:                               false,
+		`{"hash_key": "username"}`:         false,
+		`{"identity_source": "uri_san"}`:   false,
+		`{"hash_key": "cert_dns_san"}`:     true,
+		`{"identity_binding": "username"}`: true,
+		`{"proxy_protocol_cn": true}`:      true,
+	} {
+		c, err := ParseConfig([]byte(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.NeedsCertificate() != want {
+			t.Errorf("%s: NeedsCertificate() = %v", in, !want)
+		}
+	}
+}
+
 func TestParseConfigErrors(t *testing.T) {
 	for _, tt := range []struct{ in, want string }{
 		{`{"hash_keys": "client_id"}`, `unknown field "hash_keys"`},
-		{`{"hash_key": "ip"}`, `hash_key "ip": must be "client_id" or "username"`},
+		{`{"hash_key": "ip"}`, `hash_key "ip": must be "client_id", "username", "cert_cn", "cert_uri_san" or "cert_dns_san"`},
+		{`{"identity_binding": "cn"}`, `identity_binding "cn": must be "off", "client_id" or "username"`},
+		{`{"identity_source": "subject"}`, `identity_source "subject": must be "cn", "uri_san" or "dns_san"`},
+		{`{"proxy_protocol_cn": "yes"}`, `cannot unmarshal string`},
 		{`{"empty_key": "drop"}`, `empty_key "drop": must be "any", "source_ip" or "reject"`},
 		{`{"max_connect_bytes": 63}`, `max_connect_bytes 63: must be between 64 and 268435460`},
 		{`{"max_connect_bytes": 300000000}`, `max_connect_bytes 300000000: must be between`},

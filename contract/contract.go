@@ -26,3 +26,18 @@ const FilterStateKey = "envoy.hashable_string"
 // MetadataNamespace is the dynamic metadata namespace the filter writes,
 // e.g. %DYNAMIC_METADATA(mqtt:client_id)% in an access log.
 const MetadataNamespace = "mqtt"
+
+// The PROXY protocol v2 SSL TLV (type 0x20) that carries the client
+// certificate's CN to the brokers, for proxy_protocol_cn. The filter builds
+// its value and stores it as dynamic metadata under SSLTLVMetadataNamespace
+// and SSLTLVMetadataKey; tcp_proxy's proxy_protocol_tlvs turns the
+// metadata into the TLV with SSLTLVFormat, and the cluster's PROXY
+// transport socket passes TLVs of type PP2TypeSSL through. The namespace is
+// not MetadataNamespace, so an access log printing the whole mqtt namespace
+// does not print these bytes.
+const (
+	PP2TypeSSL              = 0x20
+	SSLTLVMetadataNamespace = "mqtt_sticky.proxy_protocol"
+	SSLTLVMetadataKey       = "ssl_tlv"
+	SSLTLVFormat            = "%DYNAMIC_METADATA(" + SSLTLVMetadataNamespace + ":" + SSLTLVMetadataKey + ")%"
+)

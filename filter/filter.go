@@ -72,6 +72,19 @@ type Conn interface {
 	// d, unless DisarmTimer is called first.
 	ArmTimer(d time.Duration)
 	DisarmTimer()
+
+	// IsTLS reports whether the client connected over TLS.
+	IsTLS() bool
+	// PeerSubject is the verified client certificate's subject in the
+	// RFC 2253 string form, or "" without a certificate.
+	PeerSubject() string
+	// PeerURISANs and PeerDNSSANs are the verified client certificate's
+	// URI and DNS subject alternative names, in the certificate's order.
+	PeerURISANs() []string
+	PeerDNSSANs() []string
+	// SetSSLTLV stores the value of the PROXY protocol v2 SSL TLV that
+	// tcp_proxy sends to the broker (contract.SSLTLVMetadataKey).
+	SetSSLTLV(value []byte)
 }
 
 type state uint8
@@ -92,6 +105,9 @@ type Filter struct {
 	copied  []byte    // the buffered bytes, when Envoy holds them in more than one chunk
 	started bool      // OnNewConnection ran: the timer and gauge are live
 	arrived time.Time // when OnNewConnection ran, for the ConnectWait histogram
+	// identities holds the client certificate parts looked up so far
+	// (identity.go); empty unless the config needs a certificate.
+	identities []identity
 }
 
 // now is the filter's clock; tests replace it.
@@ -198,21 +214,15 @@ func (f *Filter) route(c *mqtt.Connect) Status {
 	if beforeRoute != nil {
 		beforeRoute(c)
 	}
-	key := c.ClientID
-	if f.cfg.HashKey == contract.KeyUsername {
-		key = c.Username
+	if !f.checkBinding(c) {
+		return Stop
 	}
-	if key == "" {
-		f.conn.Inc(EmptyKeyCount)
-		switch f.cfg.EmptyKey {
-		case contract.EmptyReject:
-			f.rejectEmptyKey(c.Level)
-			return Stop
-		case contract.EmptySourceIP:
-			if ip, _, ok := f.conn.RemoteAddress(); ok {
-				key = ip
-			}
-		}
+	key, ok := f.routingKey(c)
+	if !ok {
+		return Stop
+	}
+	if f.cfg.ProxyProtocolCN && !f.setSSLTLV(c.Level) {
+		return Stop
 	}
 	if key != "" && !f.conn.SetHashKey(key) {
 		// Without the key tcp_proxy would pick a random broker and the
@@ -223,6 +233,9 @@ func (f *Filter) route(c *mqtt.Connect) Status {
 	f.conn.SetMetadata("client_id", logSafe(c.ClientID))
 	if c.HasUsername {
 		f.conn.SetMetadata("username", logSafe(c.Username))
+	}
+	if id := f.usedIdentity(); id != "" {
+		f.conn.SetMetadata("identity", logSafe(id))
 	}
 	f.conn.SetMetadata("protocol_version", c.Level.String())
 	f.conn.SetMetadataNumber("keep_alive", float64(c.KeepAlive))
@@ -239,6 +252,38 @@ func (f *Filter) route(c *mqtt.Connect) Status {
 	}
 	f.finish(routed)
 	return Routed
+}
+
+// routingKey returns the key tcp_proxy hashes: the certificate identity
+// for hash_key cert_*, otherwise the CONNECT field, or what empty_key says
+// when that is empty. An empty field bound to the certificate takes the
+// identity, so a client that lets the broker assign its ID still reaches
+// the broker its certificate maps to. It reports false when it refused.
+func (f *Filter) routingKey(c *mqtt.Connect) (string, bool) {
+	if src, fromCert := f.cfg.HashKey.Certificate(); fromCert {
+		return f.requireIdentity(src, c.Level)
+	}
+	key := c.ClientID
+	if f.cfg.HashKey == contract.KeyUsername {
+		key = c.Username
+	}
+	if key != "" {
+		return key, true
+	}
+	if id, ok := f.boundIdentity(); ok {
+		return id, true
+	}
+	f.conn.Inc(EmptyKeyCount)
+	switch f.cfg.EmptyKey {
+	case contract.EmptyReject:
+		f.rejectEmptyKey(c.Level)
+		return "", false
+	case contract.EmptySourceIP:
+		if ip, _, ok := f.conn.RemoteAddress(); ok {
+			return ip, true
+		}
+	}
+	return "", true
 }
 
 // rejectEmptyKey answers with the CONNACK code the protocol version defines

@@ -28,6 +28,13 @@ type fakeConn struct {
 	logs     []string
 	timer    time.Duration // armed duration, 0 when disarmed
 	f        *Filter
+
+	tls       bool     // the connection is TLS
+	subject   string   // the client certificate's subject, "" for none
+	uriSANs   []string // and its SANs
+	dnsSANs   []string
+	certReads int // certificate lookups asked of Envoy
+	sslTLV    []byte
 }
 
 func newFake() *fakeConn {
@@ -65,6 +72,11 @@ func (c *fakeConn) Record(h Histogram, v uint64) {
 func (c *fakeConn) Log(_ LogLevel, msg string) { c.logs = append(c.logs, msg) }
 func (c *fakeConn) ArmTimer(d time.Duration)   { c.timer = d }
 func (c *fakeConn) DisarmTimer()               { c.timer = 0 }
+func (c *fakeConn) IsTLS() bool                { return c.tls }
+func (c *fakeConn) PeerSubject() string        { c.certReads++; return c.subject }
+func (c *fakeConn) PeerURISANs() []string      { c.certReads++; return c.uriSANs }
+func (c *fakeConn) PeerDNSSANs() []string      { c.certReads++; return c.dnsSANs }
+func (c *fakeConn) SetSSLTLV(v []byte)         { c.sslTLV = v }
 
 func newFilter(t *testing.T, cfgJSON string) (*Filter, *fakeConn) {
 	t.Helper()

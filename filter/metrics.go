@@ -19,6 +19,8 @@ const (
 	RejectEmptyKey                    // empty key refused with a CONNACK (empty_key: reject)
 	RejectInternal                    // routing key could not be set, or the filter panicked
 	RejectReadDisabled                // Envoy was not reading: tcp_proxy lacks max_early_data_bytes
+	RejectIdentity                    // client ID or user name is not the certificate's identity
+	RejectNoIdentity                  // the config needs a certificate identity the connection lacks
 	rejectFirst                       // one counter per parser refusal reason follows
 )
 
@@ -42,6 +44,8 @@ func CounterNames() []string {
 		RejectEmptyKey:     "rejected_empty_key",
 		RejectInternal:     "rejected_internal",
 		RejectReadDisabled: "rejected_read_disabled",
+		RejectIdentity:     "rejected_identity",
+		RejectNoIdentity:   "rejected_no_identity",
 	}
 	for _, r := range mqtt.Reasons() {
 		names = append(names, "rejected_"+r.String())

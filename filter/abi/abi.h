@@ -91,6 +91,21 @@ void envoy_dynamic_module_callback_network_filter_close_with_details(
     envoy_network_filter_envoy_ptr filter, envoy_close_type close_type,
     envoy_dynamic_module_type_module_buffer details);
 
+// The TLS connection and its verified peer certificate. The subject is in
+// the RFC 2253 string form; a SAN list is read by asking its size, then
+// passing an array of that many buffers for Envoy to fill.
+bool envoy_dynamic_module_callback_network_filter_is_ssl(envoy_network_filter_envoy_ptr filter);
+bool envoy_dynamic_module_callback_network_filter_get_ssl_subject(
+    envoy_network_filter_envoy_ptr filter, envoy_dynamic_module_type_envoy_buffer* subject);
+size_t envoy_dynamic_module_callback_network_filter_get_ssl_uri_sans_size(
+    envoy_network_filter_envoy_ptr filter);
+bool envoy_dynamic_module_callback_network_filter_get_ssl_uri_sans(
+    envoy_network_filter_envoy_ptr filter, envoy_dynamic_module_type_envoy_buffer* sans);
+size_t envoy_dynamic_module_callback_network_filter_get_ssl_dns_sans_size(
+    envoy_network_filter_envoy_ptr filter);
+bool envoy_dynamic_module_callback_network_filter_get_ssl_dns_sans(
+    envoy_network_filter_envoy_ptr filter, envoy_dynamic_module_type_envoy_buffer* sans);
+
 envoy_network_filter_scheduler_ptr envoy_dynamic_module_callback_network_filter_scheduler_new(
     envoy_network_filter_envoy_ptr filter);
 void envoy_dynamic_module_callback_network_filter_scheduler_commit(

@@ -89,8 +89,10 @@ func connectFlags(c *Connect) byte {
 const (
 	ConnackIdentifierRejected     byte = 0x02 // 3.x: client identifier rejected
 	ConnackBadUsernameOrPassword  byte = 0x04 // 3.x: bad user name or password
+	ConnackNotAuthorized          byte = 0x05 // 3.x: not authorized
 	ReasonClientIdentifierInvalid byte = 0x85 // 5.0: Client Identifier not valid
 	ReasonBadUserNameOrPassword   byte = 0x86 // 5.0: Bad User Name or Password
+	ReasonNotAuthorized           byte = 0x87 // 5.0: Not authorized
 )
 
 // AppendConnack appends a CONNACK with session-present 0 and the given
