@@ -42,6 +42,8 @@ type Listener struct {
 	// AccessLog writes one line per client connection to Envoy's stdout:
 	// client ID, protocol version, client address, broker, bytes.
 	AccessLog bool `json:"access_log,omitempty"`
+	// TLS makes this a TLS listener; nil is plaintext. See tls.go.
+	TLS *TLS `json:"tls,omitempty"`
 }
 
 // LBPolicy is a consistent-hash load balancer.
@@ -190,6 +192,9 @@ type Cluster struct {
 	// change them by hand.
 	Discovery *Discovery `json:"discovery,omitempty"`
 	Endpoints []Endpoint `json:"endpoints"`
+	// UpstreamTLS, when set, has Envoy speak TLS to the brokers (after the
+	// PROXY header). See tls.go.
+	UpstreamTLS *UpstreamTLS `json:"upstream_tls,omitempty"`
 }
 
 // Discovered reports whether the cluster's endpoints come from discovery.
@@ -260,6 +265,7 @@ func (m *Model) SetDefaults() {
 			l.BufferLimitBytes = DefaultListenerBuffer
 		}
 		l.Filter.SetDefaults()
+		l.TLS.setDefaults()
 	}
 	for i := range m.Clusters {
 		c := &m.Clusters[i]
@@ -410,6 +416,9 @@ func (m *Model) Validate() error {
 		if !validName(l.ModuleName) {
 			return invalid("%s: module_name %q is not a valid module name", what, l.ModuleName)
 		}
+		if err := l.validateTLS(m.Cluster(l.Cluster)); err != nil {
+			return invalid("%s: %v", what, err)
+		}
 	}
 	for i := range m.Clusters {
 		if err := m.Clusters[i].validate(names); err != nil {
@@ -474,6 +483,9 @@ func (c *Cluster) validate(names map[string]bool) error {
 	}
 	if c.HealthyPanicThreshold != nil && *c.HealthyPanicThreshold > 100 {
 		return invalid("%s: healthy_panic_threshold %d is a percentage (0-100)", what, *c.HealthyPanicThreshold)
+	}
+	if err := c.UpstreamTLS.validate(); err != nil {
+		return invalid("%s: upstream_tls: %v", what, err)
 	}
 	return ValidateEndpoints(c.Name, c.Endpoints)
 }
@@ -609,7 +621,11 @@ func validName(s string) bool {
 // before it replaces the original.
 func (m *Model) Clone() *Model {
 	c := &Model{Listeners: slices.Clone(m.Listeners), Clusters: slices.Clone(m.Clusters)}
+	for i := range c.Listeners {
+		c.Listeners[i].TLS = c.Listeners[i].TLS.clone()
+	}
 	for i := range c.Clusters {
+		c.Clusters[i].UpstreamTLS = c.Clusters[i].UpstreamTLS.clone()
 		c.Clusters[i].Endpoints = slices.Clone(c.Clusters[i].Endpoints)
 		c.Clusters[i].HealthCheck.Expect = slices.Clone(c.Clusters[i].HealthCheck.Expect)
 		if d := c.Clusters[i].Discovery; d != nil {

@@ -188,6 +188,7 @@ func buildSnapshot(m *model.Model, version uint64, node string) (*cachev3.Snapsh
 		resource.ClusterType:         res.Clusters,
 		resource.EndpointType:        res.Endpoints,
 		resource.ExtensionConfigType: res.Filters,
+		resource.SecretType:          res.Secrets,
 	})
 	if err != nil {
 		return nil, err

@@ -55,6 +55,8 @@ func shortType(typeURL string) string {
 		return "endpoints"
 	case resource.ExtensionConfigType:
 		return "filters"
+	case resource.SecretType:
+		return "secrets"
 	}
 	return strings.TrimPrefix(typeURL, resource.APITypePrefix)
 }

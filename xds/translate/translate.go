@@ -54,6 +54,9 @@ type Resources struct {
 	// which the listeners name and Envoy fetches by extension config
 	// discovery (ECDS).
 	Filters []types.Resource
+	// Secrets are the TLS certificates and CAs (SDS) that TLS listeners
+	// and clusters name; each points at files on the Envoy host (tls.go).
+	Secrets []types.Resource
 }
 
 // Translate builds the resources for the Envoy whose node ID is nodeID. The
@@ -72,17 +75,25 @@ func Translate(m *model.Model, nodeID string) (*Resources, error) {
 		for _, f := range filters {
 			r.Filters = append(r.Filters, f)
 		}
+		for _, s := range listenerSecrets(l) {
+			r.Secrets = append(r.Secrets, s)
+		}
 	}
+	forwards := forwardsCN(m)
 	for i := range m.Clusters {
 		c := &m.Clusters[i]
-		r.Clusters = append(r.Clusters, buildCluster(c, nodeID))
+		r.Clusters = append(r.Clusters, buildCluster(c, nodeID, forwards[c.Name]))
 		r.Endpoints = append(r.Endpoints, BuildLoadAssignment(c))
+		for _, s := range clusterSecrets(c) {
+			r.Secrets = append(r.Secrets, s)
+		}
 	}
 	sortByName(r.Listeners)
 	sortByName(r.Clusters)
 	sortByName(r.Endpoints)
 	sortByName(r.Filters)
-	for _, list := range [][]types.Resource{r.Listeners, r.Clusters, r.Endpoints, r.Filters} {
+	sortByName(r.Secrets)
+	for _, list := range [][]types.Resource{r.Listeners, r.Clusters, r.Endpoints, r.Filters, r.Secrets} {
 		for _, res := range list {
 			if err := validate(res); err != nil {
 				return nil, err
@@ -93,8 +104,10 @@ func Translate(m *model.Model, nodeID string) (*Resources, error) {
 }
 
 // StaticListeners returns copies of the listeners with each filter's
-// configuration inline instead of its ECDS reference: the form a static
-// Envoy configuration (a benchmark, a test, an example) needs.
+// configuration inline instead of its ECDS reference, and TLS secrets named
+// without a config source, so that they resolve to the bootstrap's static
+// secrets (r.Secrets): the form a static Envoy configuration (a benchmark,
+// a test, an example) needs.
 func (r *Resources) StaticListeners() []*listenerv3.Listener {
 	configs := map[string]*anypb.Any{}
 	for _, f := range r.Filters {
@@ -108,6 +121,7 @@ func (r *Resources) StaticListeners() []*listenerv3.Listener {
 			for _, f := range chain.GetFilters() {
 				f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: configs[f.GetName()]}
 			}
+			staticSecretRefs(chain.GetTransportSocket())
 		}
 		out = append(out, l)
 	}
@@ -144,6 +158,7 @@ func buildListener(l *model.Listener, filters []*corev3.TypedExtensionConfig) *l
 			}},
 		})
 	}
+	chain.TransportSocket = downstreamTLS(l)
 	return &listenerv3.Listener{
 		Name:                          l.Name,
 		Address:                       socketAddress(l.Address, l.Port),
@@ -195,6 +210,7 @@ func tcpProxy(l *model.Listener, c *model.Cluster) *tcpproxyv3.TcpProxy {
 	if l.AccessLog {
 		tcp.AccessLog = []*accesslogv3.AccessLog{accessLog()}
 	}
+	addSSLTLV(tcp, l)
 	return tcp
 }
 
@@ -212,6 +228,7 @@ func adsSource() *corev3.ConfigSource {
 var accessLogFields = map[string]string{
 	"start_time":       "%START_TIME%",
 	"client_id":        "%DYNAMIC_METADATA(" + contract.MetadataNamespace + ":client_id)%",
+	"identity":         "%DYNAMIC_METADATA(" + contract.MetadataNamespace + ":identity)%",
 	"protocol_version": "%DYNAMIC_METADATA(" + contract.MetadataNamespace + ":protocol_version)%",
 	"client_address":   "%DOWNSTREAM_REMOTE_ADDRESS%",
 	"broker":           "%UPSTREAM_HOST%",
@@ -241,7 +258,9 @@ func accessLog() *accesslogv3.AccessLog {
 	}
 }
 
-func buildCluster(c *model.Cluster, nodeID string) *clusterv3.Cluster {
+// buildCluster returns the cluster; passSSLTLV lets the SSL TLV a listener's
+// tcp_proxy adds through its PROXY transport socket.
+func buildCluster(c *model.Cluster, nodeID string, passSSLTLV bool) *clusterv3.Cluster {
 	cl := &clusterv3.Cluster{
 		Name:                 c.Name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
@@ -272,7 +291,7 @@ func buildCluster(c *model.Cluster, nodeID string) *clusterv3.Cluster {
 			KeepaliveInterval: wrapperspb.UInt32(10),
 			KeepaliveProbes:   wrapperspb.UInt32(3),
 		}},
-		TransportSocket: transportSocket(c.ProxyProtocol),
+		TransportSocket: transportSocket(c, passSSLTLV),
 		// Per-broker stats (open connections, health) in Envoy's Prometheus
 		// output, envoy_cluster_endpoint_*: without them Envoy reports
 		// only cluster totals there, and a dashboard cannot show how the
@@ -281,7 +300,7 @@ func buildCluster(c *model.Cluster, nodeID string) *clusterv3.Cluster {
 	}
 	if hc := healthCheck(c, nodeID); hc != nil {
 		cl.HealthChecks = []*corev3.HealthCheck{hc}
-		if cl.TransportSocket != nil {
+		if plainProbes(c) {
 			cl.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{{
 				Name:            healthCheckSocket,
 				Match:           healthCheckMatch(),
@@ -355,18 +374,26 @@ func proxyVersion(p model.ProxyProtocol) corev3.ProxyProtocolConfig_Version {
 	return corev3.ProxyProtocolConfig_V2
 }
 
-// transportSocket wraps raw_buffer in the upstream PROXY protocol socket,
-// so every broker connection starts with the client's real address.
-func transportSocket(p model.ProxyProtocol) *corev3.TransportSocket {
-	raw := rawBuffer()
-	if p == model.ProxyOff {
-		return nil
+// transportSocket wraps raw_buffer, or TLS towards the brokers, in the
+// upstream PROXY protocol socket, so every broker connection starts with
+// the client's real address, in the clear, and then the client's bytes.
+func transportSocket(c *model.Cluster, passSSLTLV bool) *corev3.TransportSocket {
+	inner := upstreamTLS(c)
+	if c.ProxyProtocol == model.ProxyOff {
+		return inner // nil for plaintext: Envoy's default raw_buffer
+	}
+	if inner == nil {
+		inner = rawBuffer()
+	}
+	config := &corev3.ProxyProtocolConfig{Version: proxyVersion(c.ProxyProtocol)}
+	if passSSLTLV {
+		config.PassThroughTlvs = sslTLVPassThrough()
 	}
 	return &corev3.TransportSocket{
 		Name: "envoy.transport_sockets.upstream_proxy_protocol",
 		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&proxyprotocolv3.ProxyProtocolUpstreamTransport{
-			Config:          &corev3.ProxyProtocolConfig{Version: proxyVersion(p)},
-			TransportSocket: raw,
+			Config:          config,
+			TransportSocket: inner,
 		})},
 	}
 }
@@ -406,7 +433,7 @@ func healthCheck(c *model.Cluster, nodeID string) *corev3.HealthCheck {
 		ReuseConnection:              wrapperspb.Bool(false),
 		AlwaysLogHealthCheckFailures: true,
 	}
-	if c.ProxyProtocol != model.ProxyOff {
+	if plainProbes(c) {
 		hc.TransportSocketMatchCriteria = healthCheckMatch()
 	}
 	if h.IsHTTP() {
@@ -414,7 +441,7 @@ func healthCheck(c *model.Cluster, nodeID string) *corev3.HealthCheck {
 		return hc
 	}
 	tcp := &corev3.HealthCheck_TcpHealthCheck{}
-	if c.ProxyProtocol != model.ProxyOff {
+	if plainProbes(c) { // and so the cluster sends PROXY headers
 		tcp.ProxyProtocolConfig = &corev3.ProxyProtocolConfig{Version: corev3.ProxyProtocolConfig_V1}
 	}
 	if h.Type == model.HealthMQTT {

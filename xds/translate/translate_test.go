@@ -70,7 +70,7 @@ func TestGolden(t *testing.T) {
 func render(t *testing.T, r *Resources) []byte {
 	t.Helper()
 	doc := map[string][]any{}
-	for kind, list := range map[string][]types.Resource{"listeners": r.Listeners, "clusters": r.Clusters, "endpoints": r.Endpoints, "filters": r.Filters} {
+	for kind, list := range map[string][]types.Resource{"listeners": r.Listeners, "clusters": r.Clusters, "endpoints": r.Endpoints, "filters": r.Filters, "secrets": r.Secrets} {
 		doc[kind] = []any{}
 		for _, res := range list {
 			b, err := protojson.Marshal(res)
@@ -163,4 +163,34 @@ func mustTranslate(t *testing.T, m *model.Model) *Resources {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// Rotating a certificate to new files changes only the secret that names
+// them: the listener, and so its connections, stay as they are.
+func TestCertificateChangeTouchesOnlySecrets(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("testdata", "in", "tls.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := model.ParseFile(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := mustTranslate(t, &f.Model)
+	m := f.Model.Clone()
+	m.Listeners[1].TLS.CertFile, m.Listeners[1].TLS.KeyFile = "/etc/envoy/tls-2/server.crt", "/etc/envoy/tls-2/server.key"
+	m.Clusters[1].UpstreamTLS.CAFile = "/etc/envoy/brokers-2/ca.crt"
+	after := mustTranslate(t, m)
+	for kind, pair := range map[string][2][]types.Resource{
+		"listeners": {before.Listeners, after.Listeners},
+		"clusters":  {before.Clusters, after.Clusters},
+		"filters":   {before.Filters, after.Filters},
+	} {
+		if a, b := render(t, &Resources{Listeners: pair[0]}), render(t, &Resources{Listeners: pair[1]}); !bytes.Equal(a, b) {
+			t.Errorf("%s changed with the certificate files:\n%s", kind, cmp.Diff(string(a), string(b)))
+		}
+	}
+	if a, b := render(t, &Resources{Secrets: before.Secrets}), render(t, &Resources{Secrets: after.Secrets}); bytes.Equal(a, b) {
+		t.Error("the secrets did not change")
+	}
 }
