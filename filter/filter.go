@@ -75,6 +75,8 @@ type Conn interface {
 
 	// IsTLS reports whether the client connected over TLS.
 	IsTLS() bool
+	// TLSVersion is the connection's TLS version, such as "TLSv1.3".
+	TLSVersion() string
 	// PeerSubject is the verified client certificate's subject in the
 	// RFC 2253 string form, or "" without a certificate.
 	PeerSubject() string

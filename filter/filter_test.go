@@ -73,6 +73,7 @@ func (c *fakeConn) Log(_ LogLevel, msg string) { c.logs = append(c.logs, msg) }
 func (c *fakeConn) ArmTimer(d time.Duration)   { c.timer = d }
 func (c *fakeConn) DisarmTimer()               { c.timer = 0 }
 func (c *fakeConn) IsTLS() bool                { return c.tls }
+func (c *fakeConn) TLSVersion() string         { return "TLSv1.3" }
 func (c *fakeConn) PeerSubject() string        { c.certReads++; return c.subject }
 func (c *fakeConn) PeerURISANs() []string      { c.certReads++; return c.uriSANs }
 func (c *fakeConn) PeerDNSSANs() []string      { c.certReads++; return c.dnsSANs }

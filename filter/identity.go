@@ -158,7 +158,7 @@ func (f *Filter) setSSLTLV(level mqtt.Level) bool {
 			strconv.Itoa(len(cn))+" bytes, at most "+strconv.Itoa(maxTLVCN))
 		return false
 	}
-	f.conn.SetSSLTLV(sslTLV(cn))
+	f.conn.SetSSLTLV(sslTLV(f.conn.TLSVersion(), cn))
 	return true
 }
 
@@ -168,16 +168,22 @@ const (
 	pp2ClientSSL      = 0x01
 	pp2ClientCertConn = 0x02
 	pp2ClientCertSess = 0x04
+	pp2SubtypeVersion = 0x21
 	pp2SubtypeSSLCN   = 0x22
 )
 
 // sslTLV returns the value of a PP2_TYPE_SSL TLV (its type and length are
 // written by Envoy): the client connected over TLS and presented a
 // certificate on this connection, verify 0 (the certificate was verified),
-// then a PP2_SUBTYPE_SSL_CN sub-TLV with the CN.
-func sslTLV(cn string) []byte {
-	v := make([]byte, 0, 8+len(cn))
+// then the sub-TLVs PP2_SUBTYPE_SSL_VERSION, which the specification
+// requires with PP2_CLIENT_SSL, and PP2_SUBTYPE_SSL_CN.
+func sslTLV(version, cn string) []byte {
+	v := make([]byte, 0, 11+len(version)+len(cn))
 	v = append(v, pp2ClientSSL|pp2ClientCertConn|pp2ClientCertSess, 0, 0, 0, 0)
+	if version != "" && len(version) < 0x80 {
+		v = append(v, pp2SubtypeVersion, 0, byte(len(version)))
+		v = append(v, version...)
+	}
 	v = append(v, pp2SubtypeSSLCN, byte(len(cn)>>8), byte(len(cn)))
 	return append(v, cn...)
 }

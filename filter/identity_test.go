@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pires/go-proxyproto"
+	"github.com/pires/go-proxyproto/tlvparse"
+
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
 )
 
@@ -159,9 +162,19 @@ func TestProxyProtocolTLV(t *testing.T) {
 	if st := f.OnRead([][]byte{connect(mqtt.Level311, "anything", "")}, false); st != Routed {
 		t.Fatalf("OnRead = %v", st)
 	}
-	want := append([]byte{0x07, 0, 0, 0, 0, 0x22, 0, 9}, "device-42"...)
+	want := append([]byte{0x07, 0, 0, 0, 0, 0x21, 0, 7}, "TLSv1.3"...)
+	want = append(append(want, 0x22, 0, 9), "device-42"...)
 	if !bytes.Equal(c.sslTLV, want) {
 		t.Errorf("SSL TLV % x, want % x", c.sslTLV, want)
+	}
+	// An independent PROXY protocol parser reads it as a verified SSL
+	// client with that CN.
+	ssl, err := tlvparse.SSL(proxyproto.TLV{Type: proxyproto.PP2_TYPE_SSL, Value: c.sslTLV})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cn, ok := ssl.ClientCN(); !ok || cn != "device-42" || !ssl.Verified() || !ssl.ClientCertConn() {
+		t.Errorf("parsed SSL TLV: CN %q %v, verified %v, certificate on this connection %v", cn, ok, ssl.Verified(), ssl.ClientCertConn())
 	}
 	f, c = newFilter(t, `{"proxy_protocol_cn": true}`)
 	device(c)

@@ -106,6 +106,16 @@ size_t envoy_dynamic_module_callback_network_filter_get_ssl_dns_sans_size(
 bool envoy_dynamic_module_callback_network_filter_get_ssl_dns_sans(
     envoy_network_filter_envoy_ptr filter, envoy_dynamic_module_type_envoy_buffer* sans);
 
+// envoy_dynamic_module_type_attribute_id (append-only); only the one used.
+typedef enum {
+  envoy_attribute_connection_tls_version = 31,  // e.g. "TLSv1.3"
+} envoy_attribute_id;
+
+// Reads a string attribute of the connection (new in Envoy 1.40).
+bool envoy_dynamic_module_callback_network_filter_get_attribute_string(
+    envoy_network_filter_envoy_ptr filter, envoy_attribute_id id,
+    envoy_dynamic_module_type_envoy_buffer* result);
+
 envoy_network_filter_scheduler_ptr envoy_dynamic_module_callback_network_filter_scheduler_new(
     envoy_network_filter_envoy_ptr filter);
 void envoy_dynamic_module_callback_network_filter_scheduler_commit(

@@ -32,6 +32,14 @@ func (c *conn) PeerSubject() string {
 	return C.GoStringN(subject.ptr, C.int(subject.length))
 }
 
+func (c *conn) TLSVersion() string {
+	var v C.envoy_dynamic_module_type_envoy_buffer
+	if !C.envoy_dynamic_module_callback_network_filter_get_attribute_string(c.envoy, C.envoy_attribute_connection_tls_version, &v) || v.ptr == nil {
+		return ""
+	}
+	return C.GoStringN(v.ptr, C.int(v.length))
+}
+
 func (c *conn) PeerURISANs() []string {
 	n := C.envoy_dynamic_module_callback_network_filter_get_ssl_uri_sans_size(c.envoy)
 	return c.sans(n, func(out *C.envoy_dynamic_module_type_envoy_buffer) C.bool {

@@ -6,6 +6,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -64,6 +65,9 @@ type Options struct {
 	// HTTPListen, when set, serves EMQX 5's availability check and
 	// evacuation switch there (see http.go).
 	HTTPListen string
+	// TLS, when set, makes clients speak TLS after the PROXY header, as
+	// EMQX's ssl listener with proxy_protocol on expects. See tls.go.
+	TLS *tls.Config
 }
 
 // Connection records one MQTT client accepted by the broker.
@@ -74,12 +78,20 @@ type Connection struct {
 	Proxied  bool   // Remote came from a PROXY header
 	Version  byte   // MQTT protocol level: 3, 4 or 5
 	At       time.Time
+	// SSLCN is the client certificate CN a proxy passed in the PROXY v2
+	// header's SSL TLV, "" without one.
+	SSLCN string
+	// TLS is set when the connection to the broker itself was TLS, and
+	// TLSPeerCN then names the certificate the proxy presented, if any.
+	TLS       bool
+	TLSPeerCN string
 }
 
 // Broker is a running MQTT broker.
 type Broker struct {
 	name   string
 	mode   ProxyMode
+	tls    *tls.Config
 	log    *slog.Logger
 	server *mqtt.Server
 	ln     net.Listener
@@ -132,6 +144,7 @@ func Start(opts Options) (*Broker, error) {
 		conns:       map[net.Conn]struct{}{},
 		notify:      make(chan struct{}),
 		rejectLocal: opts.RejectLocal,
+		tls:         opts.TLS,
 	}
 	if b.name == "" {
 		b.name = ln.Addr().String()
@@ -175,7 +188,7 @@ func Start(opts Options) (*Broker, error) {
 	go b.acceptLoop()
 	b.startCluster(opts.Peers)
 	log.Info("broker listening", "broker", b.name, "addr", ln.Addr().String(), "proxy_protocol", string(b.mode),
-		"reject_local", b.rejectLocal, "http", b.HTTPAddr(), "cluster", b.ClusterAddr(), "peers", len(b.links))
+		"reject_local", b.rejectLocal, "http", b.HTTPAddr(), "tls", b.tls != nil, "cluster", b.ClusterAddr(), "peers", len(b.links))
 	return b, nil
 }
 
@@ -259,7 +272,8 @@ func (b *Broker) acceptLoop() {
 }
 
 func (b *Broker) serveConn(raw net.Conn) {
-	conn := raw
+	var conn net.Conn = raw
+	var meta connMeta
 	if b.mode != ProxyOff {
 		policy := proxyproto.USE
 		if b.mode == ProxyRequired {
@@ -281,10 +295,20 @@ func (b *Broker) serveConn(raw net.Conn) {
 		}
 		if forwardedClient(h, raw) {
 			b.forwarded.Add(1)
+			meta.proxied = true
+			meta.sslCN = sslCN(h)
 		}
 		conn = pc
 	}
-	err := b.server.EstablishConnection("proxy", conn)
+	if b.tls != nil {
+		tc, err := b.handshake(conn)
+		if err != nil {
+			b.log.Debug("broker TLS handshake failed", "broker", b.name, "peer", raw.RemoteAddr().String(), "err", err)
+			return
+		}
+		conn, meta.tls, meta.tlsPeerCN = tc, true, peerCN(tc)
+	}
+	err := b.server.EstablishConnection("proxy", &metaConn{Conn: conn, meta: meta})
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		b.log.Debug("broker connection ended", "broker", b.name, "err", err)
 	}
@@ -389,8 +413,8 @@ func (r *recorder) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		Version:  cl.Properties.ProtocolVersion,
 		At:       time.Now(),
 	}
-	if pc, ok := cl.Net.Conn.(*proxyproto.Conn); ok {
-		c.Proxied = forwardedClient(pc.ProxyHeader(), pc.Raw())
+	if mc, ok := cl.Net.Conn.(*metaConn); ok {
+		c.Proxied, c.SSLCN, c.TLS, c.TLSPeerCN = mc.meta.proxied, mc.meta.sslCN, mc.meta.tls, mc.meta.tlsPeerCN
 	}
 	r.b.record(c)
 	return nil
