@@ -257,6 +257,9 @@ func renderStatic(t *testing.T, brokers []*broker.Broker, filterJSON string, mut
 
 	set(t, cfg, adminPort, "admin", "address", "socket_address", "port_value")
 	listener := get(t, cfg, "static_resources", "listeners", 0)
+	// The plaintext listener only: the TLS listener needs certificates,
+	// which withStaticTLSListener (tls_harness_test.go) provides.
+	set(t, cfg, []any{listener}, "static_resources", "listeners")
 	set(t, listener, "127.0.0.1", "address", "socket_address", "address")
 	set(t, listener, listenPort, "address", "socket_address", "port_value")
 	if filterJSON != "" {
