@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -16,14 +17,28 @@ import (
 // costs little next to what it measures.
 
 // dialer connects from 127.0.0.x, rotating over 249 source addresses so
-// tens of thousands of connections do not exhaust ephemeral ports.
-type dialer struct{ n uint32 }
+// tens of thousands of connections do not exhaust ephemeral ports. With
+// tls set, each connection completes a TLS handshake first.
+type dialer struct {
+	n   uint32
+	tls *tls.Config
+}
 
 func (d *dialer) dial(addr string) (net.Conn, error) {
 	d.n++
 	src := net.IPv4(127, 0, 0, byte(2+d.n%249))
 	nd := net.Dialer{LocalAddr: &net.TCPAddr{IP: src}, Timeout: 5 * time.Second}
-	return nd.Dial("tcp", addr)
+	c, err := nd.Dial("tcp", addr)
+	if err != nil || d.tls == nil {
+		return c, err
+	}
+	tc := tls.Client(c, d.tls)
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	return tc, nil
 }
 
 func connectPacket(clientID string) []byte {

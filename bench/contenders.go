@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -16,6 +17,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	ringhashv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/ring_hash/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -32,6 +34,7 @@ type proxy struct {
 	addr  string // where clients connect
 	pid   int    // 0 when there is no proxy (direct)
 	stop  func()
+	tls   *tls.Config // set for the TLS contenders: clients' TLS config
 }
 
 // lbKind is the hash the Envoy contenders use.
@@ -47,11 +50,15 @@ const (
 // built by the control plane's own translator (so contender A runs exactly
 // what mqtt-sticky serves), with the EDS cluster turned into a static one.
 // withFilter=false gives contender B: plain tcp_proxy hashing on the
-// client's source IP.
-func envoyConfig(listenPort, adminPort int, brokers []string, lb lbKind, withFilter bool) ([]byte, error) {
+// client's source IP. Each mutate changes the model before translation
+// (the TLS contenders add the listener's tls).
+func envoyConfig(listenPort, adminPort int, brokers []string, lb lbKind, withFilter bool, mutate ...func(*model.Model)) ([]byte, error) {
 	m := &model.Model{
 		Listeners: []model.Listener{{Name: "mqtt", Address: "127.0.0.1", Port: listenPort}},
 		Clusters:  []model.Cluster{{Name: "brokers", HealthCheck: model.HealthCheck{Type: model.HealthOff}}},
+	}
+	for _, f := range mutate {
+		f(m)
 	}
 	if lb != lbMaglev {
 		m.Clusters[0].LBPolicy = model.RingHash
@@ -95,6 +102,9 @@ func envoyConfig(listenPort, adminPort int, brokers []string, lb lbKind, withFil
 			Clusters:  []*clusterv3.Cluster{c},
 		},
 	}
+	for _, s := range res.Secrets {
+		b.StaticResources.Secrets = append(b.StaticResources.Secrets, s.(*tlsv3.Secret))
+	}
 	if err := b.ValidateAll(); err != nil {
 		return nil, err
 	}
@@ -110,9 +120,9 @@ func freePort() int {
 }
 
 // startEnvoy runs Envoy with one worker thread, like HAProxy's one thread.
-func startEnvoy(env *benchEnv, name, title string, brokers []string, lb lbKind, withFilter bool) (*proxy, error) {
+func startEnvoy(env *benchEnv, name, title string, brokers []string, lb lbKind, withFilter bool, mutate ...func(*model.Model)) (*proxy, error) {
 	port, admin := freePort(), freePort()
-	cfg, err := envoyConfig(port, admin, brokers, lb, withFilter)
+	cfg, err := envoyConfig(port, admin, brokers, lb, withFilter, mutate...)
 	if err != nil {
 		return nil, err
 	}
@@ -148,8 +158,8 @@ func startEnvoy(env *benchEnv, name, title string, brokers []string, lb lbKind, 
 // backend hashes the variable. (Writing the payload expression directly in
 // `balance hash` looks equivalent but silently falls back to round robin
 // on 2.6: naive=true writes that form, to show the stickiness check
-// catching it.)
-func haproxyConfig(port int, brokers []string, naive bool) string {
+// catching it.) bindOpts are appended to the bind line (TLS termination).
+func haproxyConfig(port int, brokers []string, naive bool, bindOpts ...string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `global
   maxconn 9900
@@ -160,13 +170,13 @@ defaults
   timeout client 1h
   timeout server 1h
 frontend mqtt
-  bind 127.0.0.1:%d
+  bind 127.0.0.1:%d%s
   tcp-request inspect-delay 10s
   tcp-request content reject unless { req.payload(0,0),mqtt_is_valid }
   tcp-request content set-var(sess.mqtt_client_id) req.payload(0,0),mqtt_field_value(connect,client_identifier)
   default_backend brokers
 backend brokers
-`, port)
+`, port, strings.Join(append([]string{""}, bindOpts...), " "))
 	if naive {
 		b.WriteString("  balance hash req.payload(0,0),mqtt_field_value(connect,client_identifier)\n")
 	} else {
@@ -179,10 +189,10 @@ backend brokers
 	return b.String()
 }
 
-func startHAProxy(env *benchEnv, name, title string, brokers []string, naive bool) (*proxy, error) {
+func startHAProxy(env *benchEnv, name, title string, brokers []string, naive bool, bindOpts ...string) (*proxy, error) {
 	port := freePort()
 	path := filepath.Join(env.dir, fmt.Sprintf("haproxy-%s-%d.cfg", name, port))
-	if err := os.WriteFile(path, []byte(haproxyConfig(port, brokers, naive)), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(haproxyConfig(port, brokers, naive, bindOpts...)), 0o644); err != nil {
 		return nil, err
 	}
 	logf, err := os.Create(strings.TrimSuffix(path, ".cfg") + ".log")

@@ -45,6 +45,7 @@ func main() {
 	moduleDir := flag.String("module-dir", "build", "directory holding libmqtt_sticky.so")
 	soak := flag.Duration("soak", 0, "instead of the report: run connection setups through contender A (or B with --soak-b) for this long, for profiling")
 	soakB := flag.Bool("soak-b", false, "with --soak, use contender B")
+	tlsOnly := flag.Bool("tls-only", false, "measure only the TLS contenders (A-TLS, B-TLS, C-TLS)")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 
@@ -95,11 +96,20 @@ func main() {
 	}
 	start := time.Now()
 	rep := &report{env: env, started: start}
-	rep.perf = runPerf(env)
-	rep.quality = runQuality(env)
-	rep.goBench = runGoBenchmarks(env)
+	if !*tlsOnly {
+		rep.perf = runPerf(env)
+	}
+	rep.tls = runTLSPerf(env)
+	if !*tlsOnly {
+		rep.quality = runQuality(env)
+		rep.goBench = runGoBenchmarks(env)
+	}
 	rep.took = time.Since(start)
-	if err := rep.write(*out); err != nil {
+	write := rep.write
+	if *tlsOnly {
+		write = rep.writeTLSOnly
+	}
+	if err := write(*out); err != nil {
 		log.Fatal(err)
 	}
 	log.Printf("wrote %s in %v", *out, rep.took.Round(time.Second))

@@ -15,6 +15,7 @@ type report struct {
 	started time.Time
 	took    time.Duration
 	perf    []*perfResult
+	tls     []*tlsResult // tls.go
 	quality []qualityRow
 	goBench string
 }
@@ -152,6 +153,7 @@ Setup rate counts completed CONNECT→CONNACK handshakes per second, each connec
 		}
 	}
 	r.writeAnalysis(&b, A, B, C, D)
+	r.writeTLS(&b)
 	fmt.Fprintf(&b, "\n## Routing quality\n\n%d random client IDs (fixed seed), connected through the real proxies; the brokers record where each arrived. For each broker count N: the busiest broker's load over the mean; the fraction of IDs that moved when broker N+1 joined (ideal 1/(N+1)), and how many of those moved between brokers that were already there; the fraction that moved when broker N left (ideal: its share), and how many of those were not on it.\n\n", env.qualityN)
 	b.WriteString("| policy | N | max/mean | moved on add | ideal | moved between old brokers | moved on remove | ideal | moved from other brokers |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, q := range r.quality {

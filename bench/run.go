@@ -197,7 +197,7 @@ func proveSticky(env *benchEnv, p *proxy, hashes string) (string, bool) {
 			b.ResetRecords()
 		}
 		for i := range 10 {
-			d := &dialer{n: uint32(i * 17)}
+			d := &dialer{n: uint32(i * 17), tls: p.tls}
 			if fixedSource {
 				d.n = 0
 			}
