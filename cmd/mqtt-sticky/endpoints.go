@@ -163,7 +163,7 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "serving version %d to %d node(s)\n", st.Version, len(st.Nodes))
 	if len(st.Nodes) > 0 {
-		fmt.Fprintln(tw, "NODE\tCONNECTED\tLISTENERS\tFILTERS\tCLUSTERS\tENDPOINTS\tLAST NACK")
+		fmt.Fprintln(tw, "NODE\tCONNECTED\tLISTENERS\tFILTERS\tCLUSTERS\tENDPOINTS\tSECRETS\tLAST NACK")
 	}
 	for _, n := range st.Nodes {
 		nack := "-"
@@ -172,9 +172,9 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 				nack = kind + " v" + r.NackedVersion + ": " + r.NackMessage
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\t%s\t%s\n", n.ID, n.Connected,
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, n.Connected,
 			orDash(n.Resources["listeners"].AckedVersion), orDash(n.Resources["filters"].AckedVersion), orDash(n.Resources["clusters"].AckedVersion),
-			orDash(n.Resources["endpoints"].AckedVersion), nack)
+			orDash(n.Resources["endpoints"].AckedVersion), orDash(n.Resources["secrets"].AckedVersion), nack)
 	}
 	for _, c := range st.Clusters {
 		printClusterStatus(tw, c)

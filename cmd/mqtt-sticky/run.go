@@ -50,6 +50,8 @@ type runOptions struct {
 	dns         string
 	dnsResolver string
 	dnsPort     int
+	tlsDir      string // tls.go
+	tlsPort     int
 }
 
 func runAll(args []string, stdout, stderr io.Writer) error {
@@ -69,6 +71,8 @@ func runAll(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.dns, "dns", "", "discover the brokers from this DNS name: SRV records when it starts with '_' (e.g. _mqtt._tcp.brokers.mqtt-sticky.local), else A records on --dns-port")
 	fs.StringVar(&o.dnsResolver, "dns-resolver", "", "DNS server IP:PORT for --dns; without it, embedded brokers are served by a local dnsmasq from "+dnsDirName+"/ in --dir")
 	fs.IntVar(&o.dnsPort, "dns-port", 1883, "broker port for --dns with A records")
+	fs.StringVar(&o.tlsDir, "tls-dir", "", "also serve mutual TLS on --tls-port with server.crt, server.key and ca.crt from this directory (`make tls-example` makes them)")
+	fs.IntVar(&o.tlsPort, "tls-port", 8883, "port of the TLS listener, with --tls-dir")
 	if rest, err := parse(fs, args); err != nil {
 		return err
 	} else if len(rest) > 0 {
@@ -161,6 +165,9 @@ func (o *runOptions) check() ([]model.Endpoint, error) {
 		if err := m.Validate(); err != nil {
 			return nil, fmt.Errorf("%w: --dns, --dns-resolver, --dns-port: %v", errUsage, err)
 		}
+	}
+	if err := o.checkTLS(); err != nil {
+		return nil, err
 	}
 	if o.brokers == "" {
 		return nil, nil
@@ -281,6 +288,9 @@ func startControlPlane(ctx context.Context, o runOptions, endpoints []model.Endp
 		Listeners: []model.Listener{{Name: model.DefaultListenerName, Address: "0.0.0.0", Port: o.listenPort, AccessLog: true}},
 		Clusters:  []model.Cluster{cluster},
 	}}
+	if l := o.tlsListener(); l != nil {
+		file.Listeners = append(file.Listeners, *l)
+	}
 	file.SetDefaults()
 	if err := file.Validate(); err != nil {
 		return nil, err
@@ -341,7 +351,7 @@ func printRunning(out io.Writer, o runOptions, b *runBrokers, healthy int) {
 	fmt.Fprintf(out, `
 mqtt-sticky is running.
 
-  MQTT (Envoy + mqtt_sticky)  127.0.0.1:%[1]d
+  MQTT (Envoy + mqtt_sticky)  127.0.0.1:%[1]d%[9]s
   brokers                     %[2]s
   management API              http://%[3]s   (OpenAPI: http://%[3]s/openapi.yaml)
   control-plane metrics       http://%[3]s/metrics
@@ -356,7 +366,7 @@ Try it (mosquitto clients: apt-get install mosquitto-clients):
 Connect again with the same -i: the broker lines below show it lands on the same broker.
 
 `, o.listenPort, strings.Join(b.lines, "\n                              "), o.apiAddr, runAdmin, o.workDir,
-		healthy, len(b.endpoints), o.health)
+		healthy, len(b.endpoints), o.health, o.tlsBanner())
 	last := b.endpoints[len(b.endpoints)-1]
 	ref := last.Name
 	if ref == "" {

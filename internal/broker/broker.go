@@ -339,8 +339,11 @@ func (b *Broker) record(c Connection) {
 	if !c.Proxied && b.mode != ProxyOff {
 		level = slog.LevelDebug // a health-check probe or a peer link, not a client
 	}
-	b.log.Log(context.Background(), level, "client connected", "broker", b.name, "client_id", c.ClientID,
-		"remote", c.Remote, "proxied", c.Proxied, "mqtt_level", c.Version)
+	attrs := []any{"broker", b.name, "client_id", c.ClientID, "remote", c.Remote, "proxied", c.Proxied, "mqtt_level", c.Version}
+	if c.SSLCN != "" {
+		attrs = append(attrs, "ssl_cn", c.SSLCN) // from the PROXY header's SSL TLV
+	}
+	b.log.Log(context.Background(), level, "client connected", attrs...)
 }
 
 // Connections returns every connection recorded so far, oldest first.
