@@ -93,6 +93,7 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, ready func(xds
 		}
 		file = f
 	}
+	warnUnreadableTLSFiles(log, &file.Model)
 	xdsAddr := firstOf(o.xdsListen, file.XDSListen, model.DefaultXDSListen)
 	apiAddr := firstOf(o.apiListen, file.APIListen, model.DefaultAPIListen)
 	statePath := firstOf(o.stateFile, file.StateFile, defaultStateFile)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -9,7 +10,8 @@ import (
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 )
 
-// The TLS listener of `mqtt-sticky run --tls-dir DIR`: mutual TLS with
+// TLS in the CLI: serve's check of the files a model names, and the TLS
+// listener of `mqtt-sticky run --tls-dir DIR`: mutual TLS with
 // DIR's server certificate and client CA, the client ID bound to the
 // certificate's CN, and the CN sent to the brokers in the PROXY header.
 // run starts Envoy on this host, so unlike serve it can check the files.
@@ -60,4 +62,38 @@ func (o *runOptions) tlsBanner() string {
 		return ""
 	}
 	return fmt.Sprintf("\n  MQTT over mutual TLS        127.0.0.1:%d  (certificates in %s; client ID must be the certificate's CN)", o.tlsPort, o.tlsDir)
+}
+
+// warnUnreadableTLSFiles logs the TLS files serve cannot read. The paths
+// are on the Envoy host, which may be another machine or container, so this
+// is only a warning; where Envoy cannot read them, it rejects the secret,
+// and `mqtt-sticky status` shows the NACK.
+func warnUnreadableTLSFiles(log *slog.Logger, m *model.Model) {
+	check := func(owner, field, path string) {
+		if path == "" {
+			return
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			log.Warn("TLS file not readable on this host; Envoy must be able to read it on its own", "of", owner, "field", field, "err", err)
+			return
+		}
+		f.Close()
+	}
+	for _, l := range m.Listeners {
+		if t := l.TLS; t != nil {
+			owner := "listener " + l.Name
+			check(owner, "cert_file", t.CertFile)
+			check(owner, "key_file", t.KeyFile)
+			check(owner, "client_ca_file", t.ClientCAFile)
+		}
+	}
+	for _, c := range m.Clusters {
+		if u := c.UpstreamTLS; u != nil {
+			owner := "cluster " + c.Name
+			check(owner, "ca_file", u.CAFile)
+			check(owner, "cert_file", u.CertFile)
+			check(owner, "key_file", u.KeyFile)
+		}
+	}
 }
