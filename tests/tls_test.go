@@ -326,3 +326,34 @@ func sourceIn(addr string, first, n int) bool {
 	}
 	return false
 }
+
+// A filter config that needs a certificate, on a plaintext listener (the
+// control plane refuses this; a hand-written config can still do it),
+// refuses every CONNECT with "not authorized" and counts it: it never
+// routes on a guess.
+func TestCertificateConfigOnPlaintextFailsClosed(t *testing.T) {
+	s := startStatic(t, startBrokers(t, 3), `{"hash_key": "cert_cn"}`)
+	ctx := context.Background()
+	for level, want := range map[mqtt.Level]byte{mqtt.Level311: 0x05, mqtt.Level5: 0x87} {
+		conn, err := dialFrom(ctx, source(60), s.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, err := connackOver(conn, level, "device-1")
+		if err != nil || code != want {
+			t.Errorf("MQTT %s: CONNACK %#x, %v; want %#x", level, code, err, want)
+		}
+		expectClosed(t, conn, 5*time.Second)
+		conn.Close()
+	}
+	if st := s.stats(t); st["mqtt_sticky.rejected_no_identity"] != 2 {
+		t.Errorf("rejected_no_identity = %d, want 2", st["mqtt_sticky.rejected_no_identity"])
+	}
+	for _, b := range s.brokers {
+		for _, c := range b.Connections() {
+			if c.ClientID == "device-1" {
+				t.Errorf("broker %s accepted the refused client", b.Name())
+			}
+		}
+	}
+}

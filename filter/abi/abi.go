@@ -82,8 +82,8 @@ func mqttStickyConfigNew(envoyConfig unsafe.Pointer, name *C.char, nameLen C.siz
 	}); !ok {
 		return 0
 	}
-	hostLog(filter.LogInfo, fmt.Sprintf("mqtt_sticky: filter config loaded: hash_key=%s empty_key=%s max_connect_bytes=%d connect_timeout_ms=%d",
-		fc.HashKey, fc.EmptyKey, fc.MaxConnectBytes, fc.ConnectTimeoutMs))
+	hostLog(filter.LogInfo, fmt.Sprintf("mqtt_sticky: filter config loaded: hash_key=%s empty_key=%s max_connect_bytes=%d connect_timeout_ms=%d identity_binding=%s identity_source=%s proxy_protocol_cn=%v",
+		fc.HashKey, fc.EmptyKey, fc.MaxConnectBytes, fc.ConnectTimeoutMs, fc.IdentityBinding, fc.IdentitySource, fc.ProxyProtocolCN))
 	return C.uintptr_t(cgo.NewHandle(cfg))
 }
 
