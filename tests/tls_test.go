@@ -16,7 +16,7 @@ import (
 
 // Devices with client certificates connect over mutual TLS to the static
 // example's TLS listener, three times each from three source addresses,
-// with paho (3.1.1 and 5.0) and with mosquitto_pub. Each device reaches
+// with paho (3.1.1 and 5.0) and with mosquitto_pub and mosquitto_sub. Each device reaches
 // one broker every time, the brokers see each client's real address in
 // the PROXY header, and the certificate's CN in its SSL TLV. A device that
 // leaves its client ID empty reaches its CN's broker. The plaintext
@@ -24,7 +24,7 @@ import (
 // broker.
 func TestTLSStickyByCertificateIdentity(t *testing.T) {
 	p := newPKI(t)
-	s := startStaticTLS(t, startBrokers(t, 3), p, "")
+	s := startStaticTLS(t, startBrokerSet(t, 3, true), p, "")
 	ctx := context.Background()
 	const devices, rounds = 40, 3
 	devs := make([]devCert, devices)
@@ -108,6 +108,21 @@ func TestTLSStickyByCertificateIdentity(t *testing.T) {
 		}
 		if found != rounds {
 			t.Errorf("brokers recorded %d mosquitto_pub connections from the three addresses, want %d", found, rounds)
+		}
+	})
+
+	t.Run("mosquitto_sub receives what mosquitto_pub sent, both over mutual TLS", func(t *testing.T) {
+		sub, pub := devs[2], devs[3]
+		tlsArgs := func(d devCert) []string {
+			return []string{"-h", "127.0.0.1", "-p", portOf(t, s.tlsAddr), "--cafile", p.caFile, "--cert", d.cert, "--key", d.key, "-i", d.name}
+		}
+		// Retained, so the subscriber gets it whichever of the two starts first.
+		if out, err := exec.Command("mosquitto_pub", append(tlsArgs(pub), "-t", "tls/retained", "-m", "over-tls", "-q", "1", "-r")...).CombinedOutput(); err != nil {
+			t.Fatalf("mosquitto_pub: %v\n%s", err, out)
+		}
+		out, err := exec.Command("mosquitto_sub", append(tlsArgs(sub), "-t", "tls/retained", "-C", "1", "-W", "10", "-q", "1")...).CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "over-tls" {
+			t.Fatalf("mosquitto_sub: %v, output %q", err, out)
 		}
 	})
 

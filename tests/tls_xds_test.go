@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -287,6 +288,25 @@ clusters:
 		}
 		t.Logf("rotation: new certificate served %v after the swap; handshakes %v", newFirst.Sub(swapped).Round(time.Millisecond), seen)
 		ps.waitSent(t, ps.count.Load()+50) // the sessions opened before the swap keep streaming
+
+		// The other way to replace the files: plain files renamed into the
+		// watched directory (the key first, then the certificate).
+		pair, err := p.ca.Issue(certs.Spec{CN: serverCN + "-3", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := pair.Write(p.serverDir, "server"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "a handshake with the renamed-in certificate", func() bool {
+			conn, leaf, err := dialTLS(ctx, source(20), tlsAddr, p.clientTLS(&d))
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn.Close()
+			return leaf.Subject.CommonName == serverCN+"-3"
+		})
+		ps.waitSent(t, ps.count.Load()+50)
 		ps.finish(t)
 		listenersAfter := envoyStats(t, envoy.Process, "listener_manager.")
 		for _, k := range []string{"listener_manager.listener_modified", "listener_manager.listener_in_place_updated", "listener_manager.total_filter_chains_draining"} {
