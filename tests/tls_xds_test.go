@@ -214,6 +214,8 @@ clusters:
 		ps.run(5 * time.Millisecond)
 		ps.waitSent(t, 50)
 		listenersBefore := envoyStats(t, envoy.Process, "listener_manager.")
+		reloadStat := "server_ssl_socket_factory.ssl_context_update_by_sds"
+		reloadsBefore := listenerStats(t, envoy.Process, tlsAddr)[reloadStat]
 
 		// Handshakes and CONNECTs in a loop on four workers, recording the
 		// server certificate each one saw.
@@ -308,6 +310,9 @@ clusters:
 		})
 		ps.waitSent(t, ps.count.Load()+50)
 		ps.finish(t)
+		if got := listenerStats(t, envoy.Process, tlsAddr)[reloadStat] - reloadsBefore; got < 2 {
+			t.Errorf("%s grew by %d over two rotations, want at least 2", reloadStat, got)
+		}
 		listenersAfter := envoyStats(t, envoy.Process, "listener_manager.")
 		for _, k := range []string{"listener_manager.listener_modified", "listener_manager.listener_in_place_updated", "listener_manager.total_filter_chains_draining"} {
 			if listenersAfter[k] != listenersBefore[k] {
