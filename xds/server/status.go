@@ -29,6 +29,9 @@ type NodeStatus struct {
 	FirstSeen    time.Time                 `json:"first_seen"`
 	LastSeen     time.Time                 `json:"last_seen"`
 	Resources    map[string]ResourceStatus `json:"resources"` // "listeners", "clusters", "endpoints"
+	// Replica names the control-plane replica the node is (or was last)
+	// connected to, when several share a store; the server leaves it empty.
+	Replica string `json:"replica,omitempty"`
 }
 
 // AdminAddressKey is the node metadata key under which an Envoy advertises

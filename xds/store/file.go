@@ -1,9 +1,7 @@
 package store
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -40,17 +38,12 @@ func (f *File) Load(context.Context) (State, error) {
 	if err != nil {
 		return State{}, fmt.Errorf("reading state file: %w", err)
 	}
-	var st *State
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&st); err != nil {
+	st, err := Decode(data)
+	if err != nil {
 		return State{}, fmt.Errorf("state file %s is corrupt (%v): fix or remove it", f.path, err)
 	}
-	if st == nil || st.Clusters == nil || st.Version < EmptyVersion {
-		return State{}, fmt.Errorf("state file %s holds no state (want {\"version\": N, \"clusters\": {...}} with N >= 1): fix or remove it", f.path)
-	}
 	f.version = st.Version
-	return *st, nil
+	return st, nil
 }
 
 // CompareAndSwap writes next if the version last stored is prev.
@@ -80,7 +73,7 @@ func (f *File) write(st State) error {
 	if f.path == "" {
 		return nil
 	}
-	data, err := json.MarshalIndent(st, "", "  ")
+	data, err := Encode(st)
 	if err != nil {
 		return err
 	}

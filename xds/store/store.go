@@ -5,14 +5,17 @@
 // The seam is the Store interface: load, compare-and-swap, watch. Package
 // control reads the served state, validates a change, has it translated,
 // persists it here, and only then serves it; a Store never calls back. The
-// file store (File) is the single-process default. A store shared by
+// file store (File) is the single-process default; package etcdstore keeps
+// the state in etcd for several replicas. A store shared by
 // several control-plane replicas reports, through Watch, the states the
 // other replicas stored, and its CompareAndSwap makes sure that two writers
 // that read the same version cannot both succeed.
 package store
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"maps"
 	"slices"
@@ -23,6 +26,12 @@ import (
 // ErrStale is returned by CompareAndSwap when the stored version is no
 // longer the one the change was based on: someone else wrote first.
 var ErrStale = errors.New("store: the stored version changed")
+
+// ErrUnavailable is returned when the store cannot be reached or cannot
+// take writes (a shared store that lost its quorum, say). The change was
+// not applied here; whether it reached the store is for Load or Watch to
+// tell, and a replica serves it once it does.
+var ErrUnavailable = errors.New("store unavailable")
 
 // State is what a store holds: every cluster's endpoints, and the version
 // they are served under.
@@ -43,12 +52,41 @@ type Store interface {
 	// stored: a later Load or Watch tells.
 	CompareAndSwap(ctx context.Context, prev uint64, next State) error
 	// Watch delivers the states stored by other writers, in version order,
-	// until ctx ends. A store that no one else writes returns nil.
+	// until ctx ends; it may deliver this writer's own too, which the
+	// caller has already served. A store that no one else writes returns
+	// nil.
 	Watch(ctx context.Context) <-chan State
+}
+
+// Checker is a Store that depends on a service that can fail. Check says
+// why a write could not succeed now, or nil.
+type Checker interface {
+	Check(ctx context.Context) error
 }
 
 // EmptyVersion is the version of a store that holds nothing yet.
 const EmptyVersion = 1
+
+// Encode is a state's stored form, JSON, the same in every store.
+func Encode(st State) ([]byte, error) {
+	return json.MarshalIndent(st, "", "  ")
+}
+
+// Decode reads a state's stored form, strictly: a state that does not
+// read back exactly is an error, because serving the config file's
+// endpoints instead would silently remap clients.
+func Decode(data []byte) (State, error) {
+	var st *State
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&st); err != nil {
+		return State{}, err
+	}
+	if st == nil || st.Clusters == nil || st.Version < EmptyVersion {
+		return State{}, errors.New(`it holds no state (want {"version": N, "clusters": {...}} with N >= 1)`)
+	}
+	return *st, nil
+}
 
 // StateOf is the part of m a store keeps.
 func StateOf(m *model.Model, version uint64) State {
