@@ -6,6 +6,9 @@ package api
 import (
 	"context"
 	_ "embed"
+	"maps"
+	"slices"
+	"strings"
 
 	"github.com/mqtt-sticky/mqtt-sticky/contract"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
@@ -70,9 +73,13 @@ type ClusterList struct {
 
 // Status is the body of GET /v1/status.
 type Status struct {
-	Version  uint64              `json:"version"`
+	Version uint64 `json:"version"`
+	// Replica names the replica that answered, when several share a store.
+	Replica  string              `json:"replica,omitempty"`
 	Nodes    []server.NodeStatus `json:"nodes"`
 	Clusters []ClusterStatus     `json:"clusters"`
+	// Partial says why only this replica's own nodes are listed.
+	Partial string `json:"partial,omitempty"`
 }
 
 // ClusterStatus is what the control plane knows of one cluster beyond its
@@ -92,12 +99,16 @@ type Error struct {
 
 // Health is the body of GET /healthz.
 type Health struct {
-	Status  string `json:"status"`
+	Status  string `json:"status"` // "ok", or "degraded" when a dependency fails
 	Version uint64 `json:"version"`
+	// Degraded says, for each dependency that fails, why. The control
+	// plane serves the last version to Envoy meanwhile, and refuses
+	// changes it cannot store.
+	Degraded map[string]string `json:"degraded,omitempty"`
 }
 
 // Backend is what the API manages: the controller's changes, plus the
-// xDS server's view of the nodes.
+// fleet's status and health.
 type Backend interface {
 	Model() *model.Model
 	Version() uint64
@@ -105,8 +116,9 @@ type Backend interface {
 	SetEndpoints(ctx context.Context, cluster string, eps []model.Endpoint) (uint64, error)
 	AddEndpoint(ctx context.Context, cluster string, ep model.Endpoint) (uint64, error)
 	RemoveEndpoint(ctx context.Context, cluster string, ep model.Endpoint) (uint64, error)
-	Nodes() []server.NodeStatus
-	ClusterStatus() []ClusterStatus
+	Status(ctx context.Context) Status
+	// Degraded names each dependency that fails, and why.
+	Degraded(ctx context.Context) map[string]string
 }
 
 // Fleet is the Backend `mqtt-sticky serve` runs: the controller for
@@ -117,9 +129,15 @@ type Fleet struct {
 	Server    *server.Server
 	Discovery *discovery.Runner // nil without discovered clusters
 	Health    *health.Watcher   // nil when not watching
+	// Replicas, when set, is where the replicas that share the store
+	// publish their nodes (etcdstore.Board); nil when this control plane
+	// runs alone.
+	Replicas Replicas
+	// Checks are the dependencies /healthz reports on, by name.
+	Checks map[string]func(context.Context) error
 }
 
-// Nodes reports every Envoy node the xDS server has seen.
+// Nodes reports every Envoy node this replica's xDS server has seen.
 func (f Fleet) Nodes() []server.NodeStatus { return f.Server.Nodes() }
 
 // ClusterStatus reports every served cluster, in the model's order.
@@ -153,6 +171,78 @@ func (f Fleet) ClusterStatus() []ClusterStatus {
 			cs.Brokers = f.Health.Brokers(c.Name)
 		}
 		out = append(out, cs)
+	}
+	return out
+}
+
+// Replicas lists the nodes every replica published.
+type Replicas interface {
+	Replica() string // this replica's name
+	Nodes(ctx context.Context) ([]server.NodeStatus, error)
+}
+
+// Status reports every Envoy node, this replica's own and those the other
+// replicas published, and every cluster's discovery and health.
+func (f Fleet) Status(ctx context.Context) Status {
+	st := Status{Version: f.Version(), Nodes: f.Server.Nodes(), Clusters: f.ClusterStatus()}
+	if f.Replicas == nil {
+		return st
+	}
+	st.Replica = f.Replicas.Replica()
+	for i := range st.Nodes {
+		st.Nodes[i].Replica = st.Replica
+	}
+	published, err := f.Replicas.Nodes(ctx)
+	if err != nil {
+		st.Partial = "only this replica's nodes: " + err.Error()
+		return st
+	}
+	st.Nodes = mergeNodes(st.Replica, st.Nodes, published)
+	return st
+}
+
+// mergeNodes lists each node once. This replica's entries are its live
+// view; a node that several replicas list (it moved from one to another)
+// is shown as the one it is connected to says, then as the one that saw
+// it last.
+func mergeNodes(replica string, local, published []server.NodeStatus) []server.NodeStatus {
+	byID := map[string]server.NodeStatus{}
+	for _, n := range published {
+		if n.Replica == replica {
+			continue // an older copy of a local entry
+		}
+		if cur, ok := byID[n.ID]; !ok || newer(n, cur) {
+			byID[n.ID] = n
+		}
+	}
+	for _, n := range local {
+		if cur, ok := byID[n.ID]; !ok || !newer(cur, n) {
+			byID[n.ID] = n
+		}
+	}
+	out := slices.Collect(maps.Values(byID))
+	slices.SortFunc(out, func(a, b server.NodeStatus) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// newer says whether a describes the node's present better than b.
+func newer(a, b server.NodeStatus) bool {
+	if a.Connected != b.Connected {
+		return a.Connected
+	}
+	return a.LastSeen.After(b.LastSeen)
+}
+
+// Degraded runs the checks.
+func (f Fleet) Degraded(ctx context.Context) map[string]string {
+	var out map[string]string
+	for name, check := range f.Checks {
+		if err := check(ctx); err != nil {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[name] = err.Error()
+		}
 	}
 	return out
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/store"
 )
 
 // maxBody bounds request bodies: an endpoint set of thousands of brokers
@@ -70,8 +71,14 @@ func NewHandler(b Backend, opts Options) http.Handler {
 	route("POST /v1/clusters/{name}/endpoints", true, h.addEndpoint)
 	route("DELETE /v1/clusters/{name}/endpoints/{endpoint}", true, h.removeEndpoint)
 	route("GET /v1/status", true, h.status)
-	route("GET /healthz", false, func(http.ResponseWriter, *http.Request) (int, any) {
-		return http.StatusOK, Health{Status: "ok", Version: h.b.Version()}
+	route("GET /healthz", false, func(_ http.ResponseWriter, r *http.Request) (int, any) {
+		// Degraded is still 200: the control plane serves Envoy, and
+		// restarting it would not bring a dependency back.
+		health := Health{Status: "ok", Version: h.b.Version(), Degraded: h.b.Degraded(r.Context())}
+		if len(health.Degraded) > 0 {
+			health.Status = "degraded"
+		}
+		return http.StatusOK, health
 	})
 	mux.HandleFunc("GET /{$}", h.statusPageHandler)
 	route("/", false, func(_ http.ResponseWriter, r *http.Request) (int, any) {
@@ -179,8 +186,8 @@ func (h *handler) changed(r *http.Request, okCode int, change func() (uint64, er
 	return okCode, EndpointList{Cluster: name, Version: version, Endpoints: eps}
 }
 
-func (h *handler) status(http.ResponseWriter, *http.Request) (int, any) {
-	return http.StatusOK, Status{Version: h.b.Version(), Nodes: h.b.Nodes(), Clusters: h.b.ClusterStatus()}
+func (h *handler) status(_ http.ResponseWriter, r *http.Request) (int, any) {
+	return http.StatusOK, h.b.Status(r.Context())
 }
 
 // errBadJSON marks a body that could not be decoded.
@@ -209,8 +216,10 @@ func errorStatus(err error) (int, any) {
 		code = http.StatusBadRequest
 	case errors.Is(err, control.ErrNotFound):
 		code = http.StatusNotFound
-	case errors.Is(err, control.ErrConflict):
+	case errors.Is(err, control.ErrConflict), errors.Is(err, store.ErrStale):
 		code = http.StatusConflict
+	case errors.Is(err, store.ErrUnavailable):
+		code = http.StatusServiceUnavailable
 	}
 	return code, Error{err.Error()}
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	_ "embed"
 	"html/template"
 	"net/http"
@@ -72,12 +73,14 @@ type pageResource struct {
 	Current   bool // the node runs the version served
 }
 
-// statusPageData gathers the page from the backend.
-func statusPageData(b Backend, now time.Time) statusPage {
-	version := b.Version()
+// statusPageData gathers the page from the backend: what GET /v1/status
+// says, every replica's nodes included.
+func statusPageData(ctx context.Context, b Backend, now time.Time) statusPage {
+	st := b.Status(ctx)
+	version := st.Version
 	p := statusPage{Version: version, Generated: now, Types: resourceTypes, Columns: 4 + len(resourceTypes)}
 	status := map[string]ClusterStatus{}
-	for _, cs := range b.ClusterStatus() {
+	for _, cs := range st.Clusters {
 		status[cs.Name] = cs
 	}
 	if m := b.Model(); m != nil {
@@ -89,7 +92,7 @@ func statusPageData(b Backend, now time.Time) statusPage {
 			})
 		}
 	}
-	for _, n := range b.Nodes() {
+	for _, n := range st.Nodes {
 		pn := pageNode{NodeStatus: n}
 		for _, typ := range resourceTypes {
 			rs := n.Resources[typ]
@@ -140,7 +143,7 @@ func (h *handler) statusPageHandler(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var buf bytes.Buffer
-	if err := statusTemplate.Execute(&buf, statusPageData(h.b, time.Now())); err != nil {
+	if err := statusTemplate.Execute(&buf, statusPageData(r.Context(), h.b, time.Now())); err != nil {
 		h.opts.Logger.Error("api: rendering the status page", "err", err)
 		h.requests.WithLabelValues(route, strconv.Itoa(http.StatusInternalServerError)).Inc()
 		http.Error(w, "rendering the status page failed", http.StatusInternalServerError)
