@@ -12,6 +12,7 @@ import (
 
 	"github.com/mqtt-sticky/mqtt-sticky/api"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/server"
 )
 
 const endpointsUsage = `usage:
@@ -161,9 +162,22 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		return printJSON(stdout, st)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "serving version %d to %d node(s)\n", st.Version, len(st.Nodes))
+	if st.Replica != "" {
+		fmt.Fprintf(tw, "replica %s: ", st.Replica)
+	}
+	fmt.Fprintf(tw, "serving version %d; %d node(s)\n", st.Version, len(st.Nodes))
+	if st.Partial != "" {
+		fmt.Fprintf(tw, "warning: %s\n", st.Partial)
+	}
+	// The replica column only means something when several share a store.
+	replica := func(n server.NodeStatus) string {
+		if st.Replica == "" {
+			return ""
+		}
+		return orDash(n.Replica) + "\t"
+	}
 	if len(st.Nodes) > 0 {
-		fmt.Fprintln(tw, "NODE\tCONNECTED\tLISTENERS\tFILTERS\tCLUSTERS\tENDPOINTS\tSECRETS\tLAST NACK")
+		fmt.Fprintf(tw, "NODE\t%sCONNECTED\tLISTENERS\tFILTERS\tCLUSTERS\tENDPOINTS\tSECRETS\tLAST NACK\n", replica(server.NodeStatus{Replica: "REPLICA"}))
 	}
 	for _, n := range st.Nodes {
 		nack := "-"
@@ -172,7 +186,7 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 				nack = kind + " v" + r.NackedVersion + ": " + r.NackMessage
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, n.Connected,
+		fmt.Fprintf(tw, "%s\t%s%v\t%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, replica(n), n.Connected,
 			orDash(n.Resources["listeners"].AckedVersion), orDash(n.Resources["filters"].AckedVersion), orDash(n.Resources["clusters"].AckedVersion),
 			orDash(n.Resources["endpoints"].AckedVersion), orDash(n.Resources["secrets"].AckedVersion), nack)
 	}

@@ -4,6 +4,7 @@
 //	mqtt-sticky endpoints list|add|remove|set  change brokers through the API
 //	mqtt-sticky listeners                      the listeners, their TLS and identity settings
 //	mqtt-sticky status                         Envoy nodes and what they accepted
+//	mqtt-sticky store copy|show                move the state between a state file and etcd
 //	mqtt-sticky broker --listen ADDR           an embedded MQTT broker
 //	mqtt-sticky run                            brokers + serve + Envoy, for trying it out
 //
@@ -32,6 +33,7 @@ func commands() []command {
 		{"endpoints", "list or change a cluster's broker endpoints (list|add|remove|set)", runEndpoints},
 		{"listeners", "show the listeners, with their TLS and identity settings", runListeners},
 		{"status", "show the Envoy nodes and the versions they accepted or rejected", runStatus},
+		{"store", "copy the endpoint state between a state file and etcd (copy|show)", runStore},
 		{"broker", "run an embedded MQTT broker that can require PROXY protocol", runBroker},
 		{"run", "start brokers, the control plane and Envoy together, for local use", runAll},
 	}

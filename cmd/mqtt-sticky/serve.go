@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/server"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/store"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/store/etcdstore"
 )
 
 const (
@@ -44,6 +46,10 @@ type serveOptions struct {
 	// healthPoll is how often the Envoy nodes' admin /clusters is read
 	// for their view of broker health; 0 turns it off.
 	healthPoll time.Duration
+	// The store: flags override the config file's store section.
+	storeType   string
+	etcd        etcdFlags
+	replicaName string
 }
 
 func runServe(args []string, stdout, stderr io.Writer) error {
@@ -58,6 +64,9 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.token, "api-token", os.Getenv("MQTT_STICKY_API_TOKEN"), "bearer token the API requires (env MQTT_STICKY_API_TOKEN); required when the API listens beyond loopback")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&o.healthPoll, "health-poll", defaultHealthPoll, "how often to read broker health from the admin /clusters of Envoy nodes that advertise admin_address in their node metadata; 0 turns it off")
+	fs.StringVar(&o.storeType, "store", "", "where endpoint changes are kept: file (the state file; default) or etcd (shared by several replicas)")
+	o.etcd.register(fs, true)
+	fs.StringVar(&o.replicaName, "replica-name", "", "this replica's name in /v1/status, with --store etcd (default HOST:XDS-PORT)")
 	if rest, err := parse(fs, args); err != nil {
 		return err
 	} else if len(rest) > 0 {
@@ -96,23 +105,34 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, ready func(xds
 	warnUnreadableTLSFiles(log, &file.Model)
 	xdsAddr := firstOf(o.xdsListen, file.XDSListen, model.DefaultXDSListen)
 	apiAddr := firstOf(o.apiListen, file.APIListen, model.DefaultAPIListen)
-	statePath := firstOf(o.stateFile, file.StateFile, defaultStateFile)
-	if o.noState {
-		statePath = ""
-	}
 	if o.token == "" && !isLoopback(apiAddr) {
 		return fmt.Errorf("%w: the API listens on %s, beyond loopback: set --api-token or MQTT_STICKY_API_TOKEN", errUsage, apiAddr)
 	}
+	b, err := openBacking(o, file, xdsAddr, log)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+	ctx, stop := context.WithCancel(ctx)
+	var background sync.WaitGroup
+	defer func() {
+		stop()
+		background.Wait() // the board withdraws this replica's nodes on the way out
+	}()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv := server.New(log, reg)
-	ctl := control.New(&file.Model, store.NewFile(statePath), srv, log)
+	ctl := control.New(&file.Model, b.store, srv, log)
 	if err := ctl.Start(ctx); err != nil {
 		return err
 	}
-	go ctl.Run(ctx)
-	fleet := api.Fleet{Controller: ctl, Server: srv}
+	background.Go(func() { ctl.Run(ctx) })
+	fleet := api.Fleet{Controller: ctl, Server: srv, Checks: b.checks}
+	if b.board != nil {
+		fleet.Replicas = b.board
+		background.Go(func() { b.board.Publish(ctx, srv.Nodes) })
+	}
 	if err := startWatchers(ctx, &fleet, &file.Model, o.healthPoll, log, reg); err != nil {
 		return err
 	}
@@ -130,8 +150,8 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, ready func(xds
 		Handler:           api.NewHandler(fleet, api.Options{Token: o.token, Logger: log, Registry: reg}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	log.Info("mqtt-sticky serve", "xds", xdsLis.Addr().String(), "api", apiLis.Addr().String(),
-		"state_file", statePath, "version", ctl.Version(), "clusters", len(file.Clusters), "token_required", o.token != "")
+	log.Info("mqtt-sticky serve", append([]any{"xds", xdsLis.Addr().String(), "api", apiLis.Addr().String()}, append(b.describe,
+		"version", ctl.Version(), "clusters", len(file.Clusters), "token_required", o.token != "")...)...)
 
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ctx, xdsLis) }()
@@ -171,6 +191,55 @@ func startWatchers(ctx context.Context, fleet *api.Fleet, m *model.Model, poll t
 		go fleet.Health.Run(ctx)
 	}
 	return nil
+}
+
+// backing is the store a control plane runs on, and what comes with it.
+type backing struct {
+	store    store.Store
+	board    *etcdstore.Board // etcd only: where replicas publish their nodes
+	checks   map[string]func(context.Context) error
+	describe []any // for the start-up log line
+	close    func()
+}
+
+// openBacking opens the store the flags and the config file choose: the
+// state file, or etcd.
+func openBacking(o serveOptions, file *model.File, xdsAddr string, log *slog.Logger) (*backing, error) {
+	cfg := file.Store
+	cfg.Type = firstOf(o.storeType, cfg.Type, model.StoreFile)
+	cfg.Etcd = o.etcd.apply(cfg.Etcd)
+	cfg.ReplicaName = firstOf(o.replicaName, cfg.ReplicaName)
+	stateFile := firstOf(o.stateFile, file.StateFile)
+	if err := cfg.Validate(stateFile); err != nil {
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if cfg.Type == model.StoreFile {
+		path := firstOf(stateFile, defaultStateFile)
+		if o.noState {
+			path = ""
+		}
+		return &backing{store: store.NewFile(path), describe: []any{"store", "file", "state_file", path}, close: func() {}}, nil
+	}
+	if o.noState {
+		return nil, fmt.Errorf("%w: --no-state is for the file store", errUsage)
+	}
+	s, err := openEtcd(cfg.Etcd, log)
+	if err != nil {
+		return nil, err
+	}
+	name := cfg.ReplicaName
+	if name == "" {
+		host, _ := os.Hostname()
+		_, port, _ := net.SplitHostPort(xdsAddr)
+		name = host + ":" + port
+	}
+	return &backing{
+		store:    s,
+		board:    s.Board(name),
+		checks:   map[string]func(context.Context) error{"etcd": s.Check},
+		describe: []any{"store", "etcd", "etcd_key", s.Key(), "replica", name},
+		close:    func() { s.Close() },
+	}, nil
 }
 
 func firstOf(values ...string) string {

@@ -80,7 +80,11 @@ func (c *Controller) Start(ctx context.Context) error {
 // replica cannot serve (its config file lacks a cluster, say) is logged,
 // and the last good state stays in force.
 func (c *Controller) Run(ctx context.Context) {
-	for st := range c.store.Watch(ctx) {
+	states := c.store.Watch(ctx)
+	if states == nil {
+		return // nobody else writes this store
+	}
+	for st := range states {
 		if err := c.serveStored(st); err != nil {
 			c.log.Error("control: not serving a stored change", "version", st.Version, "err", err)
 		}

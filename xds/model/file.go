@@ -14,10 +14,66 @@ type File struct {
 	XDSListen string `json:"xds_listen,omitempty"`
 	// APIListen is the management API's HTTP address.
 	APIListen string `json:"api_listen,omitempty"`
-	// StateFile keeps endpoint changes across restarts. Empty disables
-	// persistence.
+	// StateFile keeps endpoint changes across restarts, with the file
+	// store. Empty disables persistence.
 	StateFile string `json:"state_file,omitempty"`
+	// Store chooses where endpoint changes are kept.
+	Store StoreConfig `json:"store,omitempty"`
 	Model
+}
+
+// Store types.
+const (
+	StoreFile = "file" // the state file: one control plane (the default)
+	StoreEtcd = "etcd" // etcd: several control-plane replicas share it
+)
+
+// StoreConfig is the `store` section of the config file.
+type StoreConfig struct {
+	Type string     `json:"type,omitempty"` // StoreFile or StoreEtcd
+	Etcd EtcdConfig `json:"etcd,omitempty"`
+	// ReplicaName names this control plane among the replicas that share
+	// etcd, in /v1/status. Default: the host name and the xDS port.
+	ReplicaName string `json:"replica_name,omitempty"`
+}
+
+// EtcdConfig says how to reach etcd. The password is read from a file
+// (or the environment), never from the config file or the command line.
+type EtcdConfig struct {
+	Endpoints    []string `json:"endpoints,omitempty"` // client URLs, http:// or https://
+	Prefix       string   `json:"prefix,omitempty"`    // key prefix; several fleets can share one etcd
+	CAFile       string   `json:"ca_file,omitempty"`
+	CertFile     string   `json:"cert_file,omitempty"`
+	KeyFile      string   `json:"key_file,omitempty"`
+	Username     string   `json:"username,omitempty"`
+	PasswordFile string   `json:"password_file,omitempty"`
+}
+
+// Validate checks the store section on its own: which keys go with
+// which store type.
+func (s StoreConfig) Validate(stateFile string) error {
+	switch s.Type {
+	case "", StoreFile:
+		if len(s.Etcd.Endpoints) > 0 || s.ReplicaName != "" {
+			return invalid("store: etcd settings and replica_name need type: etcd")
+		}
+	case StoreEtcd:
+		if len(s.Etcd.Endpoints) == 0 {
+			return invalid("store: type etcd needs etcd.endpoints")
+		}
+		if stateFile != "" {
+			return invalid("state_file is for the file store; with type etcd the state lives in etcd")
+		}
+		if (s.Etcd.CertFile == "") != (s.Etcd.KeyFile == "") {
+			return invalid("store: etcd.cert_file and etcd.key_file go together")
+		}
+		if s.Etcd.PasswordFile != "" && s.Etcd.Username == "" {
+			return invalid("store: etcd.password_file needs etcd.username")
+		}
+	default:
+		return invalid("store: type %q: use %s or %s", s.Type, StoreFile, StoreEtcd)
+	}
+	return nil
 }
 
 // Default addresses.
@@ -47,6 +103,9 @@ func ParseFile(data []byte) (*File, error) {
 		if c.Discovered() && len(c.Endpoints) > 0 {
 			return nil, invalid("cluster %q: its endpoints come from discovery; remove the endpoints list", c.Name)
 		}
+	}
+	if err := f.Store.Validate(f.StateFile); err != nil {
+		return nil, err
 	}
 	return f, nil
 }

@@ -71,6 +71,16 @@ clusters: [{name: brokers}]`, `invalid configuration: listener "mqtt": filter ma
 		{"ring too big", `
 listeners: [{name: mqtt, port: 1883}]
 clusters: [{name: brokers, lb_policy: ring_hash, points_per_host: 65536, endpoints: [{address: 10.0.0.1, port: 1, weight: 128}, {address: 10.0.0.2, port: 1}]}]`, `invalid configuration: cluster "brokers": ring of 8454144 entries exceeds Envoy's maximum of 8388608: lower points_per_host`},
+		{"store type", base + "store: {type: consul}\n", `invalid configuration: store: type "consul": use file or etcd`},
+		{"etcd without endpoints", base + "store: {type: etcd}\n", `invalid configuration: store: type etcd needs etcd.endpoints`},
+		{"etcd settings on the file store", base + "store: {etcd: {endpoints: [http://127.0.0.1:2379]}}\n",
+			`invalid configuration: store: etcd settings and replica_name need type: etcd`},
+		{"state file with etcd", base + "state_file: s.json\nstore: {type: etcd, etcd: {endpoints: [http://127.0.0.1:2379]}}\n",
+			`invalid configuration: state_file is for the file store; with type etcd the state lives in etcd`},
+		{"etcd cert without key", base + "store: {type: etcd, etcd: {endpoints: [https://127.0.0.1:2379], cert_file: c.pem}}\n",
+			`invalid configuration: store: etcd.cert_file and etcd.key_file go together`},
+		{"etcd password without user", base + "store: {type: etcd, etcd: {endpoints: [http://127.0.0.1:2379], password_file: p}}\n",
+			`invalid configuration: store: etcd.password_file needs etcd.username`},
 		{"panic threshold", `
 listeners: [{name: mqtt, port: 1883}]
 clusters: [{name: brokers, healthy_panic_threshold: 120}]`, `invalid configuration: cluster "brokers": healthy_panic_threshold 120 is a percentage (0-100)`},

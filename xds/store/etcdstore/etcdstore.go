@@ -26,6 +26,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -49,8 +51,10 @@ const (
 	attemptBackoff = 100 * time.Millisecond
 	checkTimeout   = 2 * time.Second
 	// retryMax bounds the wait between attempts to reload the state after
-	// the watch broke (etcd unreachable, no quorum).
-	retryMax = 2 * time.Second
+	// the watch broke (etcd unreachable, no quorum), and reconnectMax the
+	// wait between attempts to reconnect to a member.
+	retryMax     = 2 * time.Second
+	reconnectMax = 2 * time.Second
 )
 
 // Config says how to reach etcd.
@@ -104,6 +108,14 @@ func New(cfg Config) (*Store, error) {
 		// Errors reach the caller and our own log; the client's retries
 		// are not worth a second log format.
 		Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			// gRPC's default reconnect backoff grows to two minutes: after
+			// a long etcd outage a replica would wait that long to notice
+			// that etcd is back. A handful of members can take a retry
+			// every few seconds.
+			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMax},
+			MinConnectTimeout: dialTimeout,
+		})},
 	}
 	if cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != "" {
 		tlsInfo := transport.TLSInfo{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, TrustedCAFile: cfg.CAFile}
@@ -289,10 +301,10 @@ func unavailable(doing string, err error) error {
 	case rpctypes.Error(err) == rpctypes.ErrNoLeader:
 		why = "the etcd cluster has no leader: a quorum of its members is down or cut off"
 	default:
-		why = "no etcd quorum answered within " + requestTimeout.String() + " (" + why + "): are a majority of the members up and reachable?"
+		why = "no quorum of etcd members answered (" + why + "): are a majority of them up and reachable"
 	}
 	if doing == "storing the change" {
-		why += ". If etcd received the write, it is applied once its quorum is back, and every replica then serves it"
+		why += "; if etcd received the write, it is applied once the quorum is back, and every replica then serves it"
 	}
 	return fmt.Errorf("%w: %s: %s", store.ErrUnavailable, doing, why)
 }
