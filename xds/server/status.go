@@ -71,8 +71,19 @@ type tracker struct {
 
 	mu      sync.Mutex
 	nodes   map[string]*NodeStatus
-	streams map[int64]*streamState
+	streams map[streamID]*streamState
 }
+
+// streamID names a stream. go-control-plane numbers state-of-the-world
+// and delta streams separately, from 1 each: the same number can name
+// one stream of each kind at once.
+type streamID struct {
+	delta bool
+	n     int64
+}
+
+func sotwStream(n int64) streamID  { return streamID{n: n} }
+func deltaStream(n int64) streamID { return streamID{delta: true, n: n} }
 
 type streamState struct {
 	node   string
@@ -80,16 +91,16 @@ type streamState struct {
 }
 
 func newTracker(m *Metrics) *tracker {
-	return &tracker{metrics: m, now: time.Now, nodes: map[string]*NodeStatus{}, streams: map[int64]*streamState{}}
+	return &tracker{metrics: m, now: time.Now, nodes: map[string]*NodeStatus{}, streams: map[streamID]*streamState{}}
 }
 
-func (t *tracker) open(id int64) {
+func (t *tracker) open(id streamID) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.streams[id] = &streamState{nonces: map[string]string{}}
 }
 
-func (t *tracker) closed(id int64) {
+func (t *tracker) closed(id streamID) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	st := t.streams[id]
@@ -107,7 +118,7 @@ func (t *tracker) closed(id int64) {
 
 // request records a request's node, and whether it acknowledged or
 // rejected the response named by its nonce. It returns the node ID.
-func (t *tracker) request(id int64, node *corev3.Node, typeURL, versionInfo, nonce string, errDetail string, nack bool) string {
+func (t *tracker) request(id streamID, node *corev3.Node, typeURL, versionInfo, nonce string, errDetail string, nack bool) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	st := t.streams[id]
@@ -167,7 +178,7 @@ func (t *tracker) request(id int64, node *corev3.Node, typeURL, versionInfo, non
 	return n.ID
 }
 
-func (t *tracker) response(id int64, typeURL, version, nonce string) {
+func (t *tracker) response(id streamID, typeURL, version, nonce string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	st := t.streams[id]
@@ -219,21 +230,21 @@ func formatVersion(major, minor, patch uint32) string {
 type callbacks struct{ s *Server }
 
 func (c *callbacks) OnStreamOpen(_ context.Context, id int64, _ string) error {
-	c.s.status.open(id)
+	c.s.status.open(sotwStream(id))
 	return nil
 }
 
-func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node) { c.s.status.closed(id) }
+func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node) { c.s.status.closed(sotwStream(id)) }
 
 func (c *callbacks) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
-	c.s.status.open(id)
+	c.s.status.open(deltaStream(id))
 	return nil
 }
 
-func (c *callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) { c.s.status.closed(id) }
+func (c *callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) { c.s.status.closed(deltaStream(id)) }
 
 func (c *callbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
-	node := c.s.status.request(id, req.GetNode(), req.GetTypeUrl(), req.GetVersionInfo(), req.GetResponseNonce(),
+	node := c.s.status.request(sotwStream(id), req.GetNode(), req.GetTypeUrl(), req.GetVersionInfo(), req.GetResponseNonce(),
 		req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
 	c.logNack(node, req.GetTypeUrl(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
 	if node != "" {
@@ -243,11 +254,11 @@ func (c *callbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) e
 }
 
 func (c *callbacks) OnStreamResponse(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
-	c.s.status.response(id, resp.GetTypeUrl(), resp.GetVersionInfo(), resp.GetNonce())
+	c.s.status.response(sotwStream(id), resp.GetTypeUrl(), resp.GetVersionInfo(), resp.GetNonce())
 }
 
 func (c *callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
-	node := c.s.status.request(id, req.GetNode(), req.GetTypeUrl(), "", req.GetResponseNonce(),
+	node := c.s.status.request(deltaStream(id), req.GetNode(), req.GetTypeUrl(), "", req.GetResponseNonce(),
 		req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
 	c.logNack(node, req.GetTypeUrl(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
 	if node != "" {
@@ -257,7 +268,7 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscovery
 }
 
 func (c *callbacks) OnStreamDeltaResponse(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
-	c.s.status.response(id, resp.GetTypeUrl(), resp.GetSystemVersionInfo(), resp.GetNonce())
+	c.s.status.response(deltaStream(id), resp.GetTypeUrl(), resp.GetSystemVersionInfo(), resp.GetNonce())
 }
 
 func (c *callbacks) OnFetchRequest(context.Context, *discovery.DiscoveryRequest) error { return nil }

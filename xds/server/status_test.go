@@ -20,14 +20,14 @@ func TestTrackerAckNack(t *testing.T) {
 	tr.now = func() time.Time { return time.Unix(1000, 0) }
 	node := &corev3.Node{Id: "envoy-1", Cluster: "edge"}
 
-	tr.open(1)
-	if id := tr.request(1, node, resource.ClusterType, "", "", "", false); id != "envoy-1" {
+	tr.open(sotwStream(1))
+	if id := tr.request(sotwStream(1), node, resource.ClusterType, "", "", "", false); id != "envoy-1" {
 		t.Fatalf("node id %q", id)
 	}
-	tr.response(1, resource.ClusterType, "7", "n1")
-	tr.request(1, nil, resource.ClusterType, "7", "n1", "", false) // ACK; later requests omit the node
-	tr.response(1, resource.ClusterType, "8", "n2")
-	tr.request(1, nil, resource.ClusterType, "7", "n2", "cluster brokers: bad", true) // NACK of 8
+	tr.response(sotwStream(1), resource.ClusterType, "7", "n1")
+	tr.request(sotwStream(1), nil, resource.ClusterType, "7", "n1", "", false) // ACK; later requests omit the node
+	tr.response(sotwStream(1), resource.ClusterType, "8", "n2")
+	tr.request(sotwStream(1), nil, resource.ClusterType, "7", "n2", "cluster brokers: bad", true) // NACK of 8
 
 	st := tr.snapshot()
 	if len(st) != 1 || !st[0].Connected || st[0].Streams != 1 || st[0].Cluster != "edge" {
@@ -58,8 +58,8 @@ mqtt_sticky_xds_node_rejecting{node="envoy-1",type="clusters"} 1
 	if err := testutil.CollectAndCompare(nodeCollector{tr}, strings.NewReader(want)); err != nil {
 		t.Error(err)
 	}
-	tr.response(1, resource.ClusterType, "9", "n3")
-	tr.request(1, nil, resource.ClusterType, "9", "n3", "", false) // ACK of 9 ends the rejection
+	tr.response(sotwStream(1), resource.ClusterType, "9", "n3")
+	tr.request(sotwStream(1), nil, resource.ClusterType, "9", "n3", "", false) // ACK of 9 ends the rejection
 	want = `
 # HELP mqtt_sticky_xds_node_rejecting 1 while the node rejects (NACK) the version last sent to it, by resource type; it keeps running the version it last acknowledged.
 # TYPE mqtt_sticky_xds_node_rejecting gauge
@@ -71,10 +71,10 @@ mqtt_sticky_xds_node_rejecting{node="envoy-1",type="clusters"} 0
 
 	// Delta requests carry no version: the ACK is for the version sent
 	// with the nonce.
-	tr.open(2)
-	tr.request(2, node, resource.EndpointType, "", "", "", false)
-	tr.response(2, resource.EndpointType, "9", "d1")
-	tr.request(2, nil, resource.EndpointType, "", "d1", "", false)
+	tr.open(deltaStream(2))
+	tr.request(deltaStream(2), node, resource.EndpointType, "", "", "", false)
+	tr.response(deltaStream(2), resource.EndpointType, "9", "d1")
+	tr.request(deltaStream(2), nil, resource.EndpointType, "", "d1", "", false)
 	if rs := tr.snapshot()[0].Resources["endpoints"]; rs.AckedVersion != "9" {
 		t.Errorf("delta ack: %+v", rs)
 	}
@@ -82,8 +82,8 @@ mqtt_sticky_xds_node_rejecting{node="envoy-1",type="clusters"} 0
 		t.Errorf("streams %d", st.Streams)
 	}
 
-	tr.closed(1)
-	tr.closed(2)
+	tr.closed(sotwStream(1))
+	tr.closed(deltaStream(2))
 	if st := tr.snapshot()[0]; st.Connected || st.Streams != 0 {
 		t.Errorf("after close: %+v", st)
 	}
@@ -96,9 +96,27 @@ mqtt_sticky_xds_node_rejecting{node="envoy-1",type="clusters"} 0
 // acknowledged before any response is sent.
 func TestTrackerReconnect(t *testing.T) {
 	tr := newTracker(newMetrics(nil))
-	tr.open(1)
-	tr.request(1, &corev3.Node{Id: "n"}, resource.ListenerType, "5", "", "", false)
+	tr.open(sotwStream(1))
+	tr.request(sotwStream(1), &corev3.Node{Id: "n"}, resource.ListenerType, "5", "", "", false)
 	if rs := tr.snapshot()[0].Resources["listeners"]; rs.AckedVersion != "5" {
 		t.Errorf("%+v", rs)
+	}
+}
+
+// go-control-plane numbers state-of-the-world and delta streams
+// separately: stream 1 of each kind, from two nodes, are two streams.
+func TestTrackerSotWAndDeltaStreamsWithTheSameNumber(t *testing.T) {
+	tr := newTracker(newMetrics(nil))
+	tr.open(deltaStream(1))
+	tr.request(deltaStream(1), &corev3.Node{Id: "delta"}, resource.EndpointType, "", "", "", false)
+	tr.open(sotwStream(1))
+	tr.request(sotwStream(1), &corev3.Node{Id: "sotw"}, resource.EndpointType, "", "", "", false)
+	tr.response(deltaStream(1), resource.EndpointType, "2", "d1")
+	tr.request(deltaStream(1), nil, resource.EndpointType, "", "d1", "", false)
+	for _, n := range tr.snapshot() {
+		want := map[string]string{"delta": "2", "sotw": ""}[n.ID]
+		if got := n.Resources["endpoints"]; got.AckedVersion != want || got.SentVersion != want {
+			t.Errorf("node %s: endpoints %+v, want version %q", n.ID, got, want)
+		}
 	}
 }
