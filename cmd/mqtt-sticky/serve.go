@@ -223,15 +223,15 @@ func openBacking(o serveOptions, file *model.File, xdsAddr string, log *slog.Log
 	if o.noState {
 		return nil, fmt.Errorf("%w: --no-state is for the file store", errUsage)
 	}
-	s, err := openEtcd(cfg.Etcd, log)
-	if err != nil {
-		return nil, err
-	}
 	name := cfg.ReplicaName
 	if name == "" {
 		host, _ := os.Hostname()
 		_, port, _ := net.SplitHostPort(xdsAddr)
 		name = host + ":" + port
+	}
+	s, err := openEtcd(cfg.Etcd, name, log)
+	if err != nil {
+		return nil, err
 	}
 	return &backing{
 		store:    s,

@@ -57,7 +57,7 @@ func (f *etcdFlags) apply(cfg model.EtcdConfig) model.EtcdConfig {
 
 // openEtcd connects to etcd as cfg says, reading the password from its
 // file or the environment.
-func openEtcd(cfg model.EtcdConfig, log *slog.Logger) (*etcdstore.Store, error) {
+func openEtcd(cfg model.EtcdConfig, name string, log *slog.Logger) (*etcdstore.Store, error) {
 	password := os.Getenv(etcdPasswordEnv)
 	if cfg.PasswordFile != "" {
 		data, err := os.ReadFile(cfg.PasswordFile)
@@ -77,6 +77,7 @@ func openEtcd(cfg model.EtcdConfig, log *slog.Logger) (*etcdstore.Store, error) 
 		KeyFile:   cfg.KeyFile,
 		Username:  cfg.Username,
 		Password:  password,
+		Name:      name,
 		Logger:    log,
 	})
 }
@@ -151,7 +152,7 @@ func openSpec(spec string, ef etcdFlags, log *slog.Logger) (store.Store, func(),
 		return store.NewFile(where), func() {}, nil
 	case kind == model.StoreEtcd && where != "":
 		ef.endpoints = where
-		s, err := openEtcd(ef.apply(model.EtcdConfig{}), log)
+		s, err := openEtcd(ef.apply(model.EtcdConfig{}), "mqtt-sticky store copy", log)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -38,6 +38,10 @@ var ErrUnavailable = errors.New("store unavailable")
 type State struct {
 	Version  uint64                      `json:"version"`
 	Clusters map[string][]model.Endpoint `json:"clusters"`
+	// Writer says who stored the state, in a store several replicas
+	// share. Nothing served depends on it; it tells a replica its own
+	// write from an identical one by another replica.
+	Writer string `json:"writer,omitempty"`
 }
 
 // Store persists State.

@@ -15,6 +15,8 @@ package etcdstore
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -66,7 +68,9 @@ type Config struct {
 	CAFile, CertFile, KeyFile string
 	// Username and Password for etcd's authentication, when it is on.
 	Username, Password string
-	Logger             *slog.Logger
+	// Name names this writer (the replica) in the states it stores.
+	Name   string
+	Logger *slog.Logger
 }
 
 // Store is the etcd-backed store.
@@ -74,6 +78,7 @@ type Store struct {
 	cli    *clientv3.Client
 	prefix string
 	key    string
+	writer string // Config.Name and a tag unique to this process
 	log    *slog.Logger
 
 	mu sync.Mutex
@@ -129,7 +134,9 @@ func New(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
-	s := &Store{cli: cli, prefix: cfg.Prefix, key: cfg.Prefix + "state", log: cfg.Logger}
+	tag := make([]byte, 4)
+	rand.Read(tag)
+	s := &Store{cli: cli, prefix: cfg.Prefix, key: cfg.Prefix + "state", writer: cfg.Name + "#" + hex.EncodeToString(tag), log: cfg.Logger}
 	s.seen.version = store.EmptyVersion
 	return s, nil
 }
@@ -173,6 +180,7 @@ func (s *Store) CompareAndSwap(ctx context.Context, prev uint64, next store.Stat
 	if next.Version <= prev {
 		return fmt.Errorf("store: version %d does not follow %d", next.Version, prev)
 	}
+	next.Writer = s.writer
 	data, err := store.Encode(next)
 	if err != nil {
 		return err
@@ -202,8 +210,8 @@ func (s *Store) CompareAndSwap(ctx context.Context, prev uint64, next store.Stat
 	}
 	kvs := resp.Responses[0].GetResponseRange().GetKvs()
 	if len(kvs) > 0 && string(kvs[0].Value) == string(data) {
-		// An earlier attempt that timed out was applied after all (or
-		// another writer stored the very same state): it is stored.
+		// An earlier try that timed out was applied after all: the value
+		// names this process as its writer, so no other wrote it.
 		s.see(kvs[0].ModRevision, next.Version, kvs[0].ModRevision)
 		return nil
 	}
