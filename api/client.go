@@ -128,3 +128,9 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 	var out Status
 	return &out, c.do(ctx, http.MethodGet, "/v1/status", nil, &out)
 }
+
+// Health returns the control plane's health and its dependencies'.
+func (c *Client) Health(ctx context.Context) (*Health, error) {
+	var out Health
+	return &out, c.do(ctx, http.MethodGet, "/healthz", nil, &out)
+}

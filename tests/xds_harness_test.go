@@ -26,14 +26,17 @@ var cliPath string
 
 // controlPlane is a running `mqtt-sticky serve`.
 type controlPlane struct {
+	name       string // the replica name, with --store etcd
 	cmd        *exec.Cmd
 	exited     chan struct{}
 	xdsAddr    string
 	apiAddr    string
 	configPath string
 	statePath  string
-	logPath    string
-	client     *api.Client
+	// storeArgs replace --state STATEPATH: e.g. --store etcd ...
+	storeArgs []string
+	logPath   string
+	client    *api.Client
 }
 
 // fleetConfig writes a serve config: one listener on listenPort, cluster
@@ -80,7 +83,8 @@ func startControlPlane(t *testing.T, configPath, statePath string) *controlPlane
 	return cp
 }
 
-// restartOn restarts a stopped control plane on the same addresses.
+// start starts the control plane, or restarts a stopped one on the same
+// addresses, and waits until its API answers.
 func (cp *controlPlane) start(t *testing.T) {
 	t.Helper()
 	cp.logPath = filepath.Join(t.TempDir(), "serve.log")
@@ -89,8 +93,12 @@ func (cp *controlPlane) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cp.cmd = exec.Command(cliPath, "serve", "--config", cp.configPath, "--state", cp.statePath,
-		"--xds", cp.xdsAddr, "--api", cp.apiAddr, "--log-level", "debug")
+	storeArgs := cp.storeArgs
+	if storeArgs == nil {
+		storeArgs = []string{"--state", cp.statePath}
+	}
+	cp.cmd = exec.Command(cliPath, append([]string{"serve", "--config", cp.configPath,
+		"--xds", cp.xdsAddr, "--api", cp.apiAddr, "--log-level", "debug"}, storeArgs...)...)
 	cp.cmd.Stdout, cp.cmd.Stderr = logf, logf
 	if err := cp.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -119,6 +127,13 @@ func (cp *controlPlane) start(t *testing.T) {
 	}
 }
 
+// kill stops the control plane at once (SIGKILL), as a crash would.
+func (cp *controlPlane) kill(t *testing.T) {
+	t.Helper()
+	cp.cmd.Process.Kill()
+	<-cp.exited
+}
+
 func (cp *controlPlane) stop(t *testing.T) {
 	select {
 	case <-cp.exited:
@@ -143,12 +158,26 @@ func (cp *controlPlane) stop(t *testing.T) {
 type xdsEnvoy struct {
 	*envoyproc.Process
 	nodeID string
+	delta  bool
 	log    string
 }
 
 // startXDSEnvoy starts an Envoy from envoy/bootstrap.yaml pointed at the
 // control plane, with ADS state of the world, or delta when delta is set.
 func startXDSEnvoy(t *testing.T, cp *controlPlane, nodeID string, delta bool, extraArgs ...string) *xdsEnvoy {
+	t.Helper()
+	return startXDSEnvoyWith(t, nodeID, delta, []*controlPlane{cp}, extraArgs)
+}
+
+// startXDSEnvoyTo is startXDSEnvoy with every control plane of cps as an
+// endpoint of the bootstrap's xds cluster, as README.md shows for
+// several replicas.
+func startXDSEnvoyTo(t *testing.T, nodeID string, delta bool, cps ...*controlPlane) *xdsEnvoy {
+	t.Helper()
+	return startXDSEnvoyWith(t, nodeID, delta, cps, nil)
+}
+
+func startXDSEnvoyWith(t *testing.T, nodeID string, delta bool, cps []*controlPlane, extraArgs []string) *xdsEnvoy {
 	t.Helper()
 	root, err := envoyproc.RepoRoot()
 	if err != nil {
@@ -165,9 +194,13 @@ func startXDSEnvoy(t *testing.T, cp *controlPlane, nodeID string, delta bool, ex
 	adminPort := freePort(t)
 	set(t, cfg, adminPort, "admin", "address", "socket_address", "port_value")
 	set(t, cfg, fmt.Sprintf("127.0.0.1:%d", adminPort), "node", "metadata", "admin_address")
-	_, xdsPort := splitHostPort(t, cp.xdsAddr)
-	set(t, cfg, xdsPort, "static_resources", "clusters", 0, "load_assignment", "endpoints", 0, "lb_endpoints", 0,
-		"endpoint", "address", "socket_address", "port_value")
+	var xdsEndpoints []any
+	for _, cp := range cps {
+		host, port := splitHostPort(t, cp.xdsAddr)
+		xdsEndpoints = append(xdsEndpoints, map[string]any{"endpoint": map[string]any{"address": map[string]any{
+			"socket_address": map[string]any{"address": host, "port_value": port}}}})
+	}
+	set(t, cfg, xdsEndpoints, "static_resources", "clusters", 0, "load_assignment", "endpoints", 0, "lb_endpoints")
 	if delta {
 		set(t, cfg, "DELTA_GRPC", "dynamic_resources", "ads_config", "api_type")
 	}
@@ -184,9 +217,11 @@ func startXDSEnvoy(t *testing.T, cp *controlPlane, nodeID string, delta bool, ex
 		LogPath:    logPath,
 		NodeID:     nodeID,
 		Cluster:    "mqtt-sticky",
-		ExtraArgs:  extraArgs,
+		// The access log says which Envoy routed what; Envoy writes it
+		// out every 10s by default.
+		ExtraArgs: append([]string{"--file-flush-interval-msec", "50"}, extraArgs...),
 	})
-	return &xdsEnvoy{Process: p, nodeID: nodeID, log: logPath}
+	return &xdsEnvoy{Process: p, nodeID: nodeID, delta: delta, log: logPath}
 }
 
 // clusterHost is one host of an Envoy cluster as the admin API reports it.
@@ -292,7 +327,15 @@ func (e *xdsEnvoy) waitHosts(t *testing.T, cp *controlPlane, want []*broker.Brok
 			}
 			version := fmt.Sprint(st.Version)
 			for _, n := range st.Nodes {
-				if n.ID == e.nodeID && (n.Resources["clusters"].AckedVersion != version || n.Resources["endpoints"].AckedVersion != version) {
+				if n.ID != e.nodeID {
+					continue
+				}
+				// State of the world sends every type at every version; delta
+				// sends only what changed, so its clusters can stay at an
+				// older version once nothing is in flight.
+				clusters := n.Resources["clusters"]
+				clustersDone := clusters.AckedVersion == version || (e.delta && clusters.AckedVersion == clusters.SentVersion)
+				if !clustersDone || n.Resources["endpoints"].AckedVersion != version {
 					why = fmt.Sprintf("node acked %+v, serving version %s", n.Resources, version)
 				}
 			}
