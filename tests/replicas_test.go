@@ -232,87 +232,74 @@ func staleConflicts(errs [2]error) int {
 }
 
 // Killing the replica an Envoy is connected to: the Envoy reconnects to
-// the other within a second, keeps the version it acknowledged (nothing
-// is pushed again, no cluster or listener is modified), and no client ID
-// moves. Changes through the survivor keep flowing, and the dead
+// the other within a second or two, keeps the version it acknowledged (no
+// cluster, listener or endpoint set is modified), and no client ID moves. Round 1 kills the replica of the SotW Envoy;
+// round 2 brings it back and kills the other, which by then serves both
+// Envoys. Changes through the survivor keep flowing, and the dead
 // replica's entries leave /v1/status when its lease expires.
 func TestReplicaFailover(t *testing.T) {
 	f := startReplicaFleet(t, 3, true)
 	ctx := context.Background()
-	e := f.envoys[0]
-	victim, _ := f.connectedTo(t, e, f.replicas, 10*time.Second)
-	survivor := f.replicas[0]
-	if victim == survivor {
-		survivor = f.replicas[1]
-	}
-	// Both Envoys on the victim, if the round robin put them there.
-	var moving []*xdsEnvoy
-	for _, x := range f.envoys {
-		if cp, _ := f.connectedTo(t, x, f.replicas, 10*time.Second); cp == victim {
-			moving = append(moving, x)
-		}
-	}
 	ids := clientIDs(1000, "failover")
 	before := connectAll(t, f.addr, f.brokers, ids, 0)
-	type envoyState struct {
-		Versions map[string]string
-		Counters map[string]int64
-	}
-	stateOf := func(x *xdsEnvoy) envoyState {
-		c, err := x.Stats(ctx, "")
-		if err != nil {
-			t.Fatal(err)
+	other := func(cp *controlPlane) *controlPlane {
+		if cp == f.replicas[0] {
+			return f.replicas[1]
 		}
-		keep := map[string]int64{}
-		for _, k := range []string{"cluster_manager.cluster_modified", "cluster_manager.cluster_added", "listener_manager.listener_modified",
-			"listener_manager.listener_in_place_updated", "listener_manager.listener_added", "cluster.brokers.membership_change",
-			"cluster_manager.cds.update_rejected", "listener_manager.lds.update_rejected", "cluster.brokers.update_rejected"} {
-			keep[k] = c[k]
+		return f.replicas[0]
+	}
+	var victim, survivor *controlPlane
+	for round, e := range f.envoys {
+		if victim != nil {
+			victim.start(t) // the last round's victim, back on its addresses
 		}
-		return envoyState{Versions: x.versions(t), Counters: keep}
-	}
-	was := map[string]envoyState{}
-	for _, x := range moving {
-		was[x.nodeID] = stateOf(x)
-	}
-	version := fmt.Sprint(survivor.clientVersion(t))
-
-	victim.kill(t)
-	for _, x := range moving {
-		_, took := f.connectedTo(t, x, []*controlPlane{survivor}, 15*time.Second)
-		t.Logf("failover: %s connected to %s %v after %s was killed", x.nodeID, survivor.name, took, victim.name)
-	}
-	for _, x := range moving {
-		now := stateOf(x)
-		if diff := cmp.Diff(was[x.nodeID], now); diff != "" {
-			t.Errorf("%s changed state on failover (-before +after):\n%s", x.nodeID, diff)
-		}
-		for k, v := range now.Versions {
-			if strings.HasPrefix(k, "cluster_manager.cds") || strings.HasPrefix(k, "listener_manager.lds") {
-				if v != version {
-					t.Errorf("%s: %s = %q, want %q", x.nodeID, k, v, version)
-				}
+		victim, _ = f.connectedTo(t, e, f.replicas, 10*time.Second)
+		survivor = other(victim)
+		var moving []*xdsEnvoy
+		was := map[string]envoyState{}
+		for _, x := range f.envoys {
+			if cp, _ := f.connectedTo(t, x, f.replicas, 10*time.Second); cp == victim {
+				moving = append(moving, x)
+				was[x.nodeID] = stateOf(t, x)
 			}
 		}
-	}
-	st, err := survivor.client.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range st.Nodes {
-		if n.ID == f.envoys[0].nodeID && n.Resources["clusters"].AckedVersion != version {
-			t.Errorf("after failover %s reports %s acknowledged %+v, want version %s", survivor.name, n.ID, n.Resources, version)
+		version := fmt.Sprint(survivor.clientVersion(t))
+
+		victim.kill(t)
+		for _, x := range moving {
+			_, took := f.connectedTo(t, x, []*controlPlane{survivor}, 15*time.Second)
+			t.Logf("round %d: %s connected to %s %v after %s was killed", round+1, x.nodeID, survivor.name, took, victim.name)
 		}
+		for _, x := range moving {
+			now := stateOf(t, x)
+			if diff := cmp.Diff(was[x.nodeID], now); diff != "" {
+				t.Errorf("round %d: %s changed state on failover (-before +after):\n%s", round+1, x.nodeID, diff)
+			}
+			if v := now.Versions["cluster_manager.cds.version_text"]; v != version {
+				t.Errorf("round %d: %s runs version %q, want %q", round+1, x.nodeID, v, version)
+			}
+			if x.delta {
+				continue // a delta request names resource versions, not the version
+			}
+			waitStatus(t, survivor, func(st *api.Status) string {
+				for _, n := range st.Nodes {
+					if n.ID == x.nodeID && (n.Resources["clusters"].AckedVersion != version || n.Resources["endpoints"].AckedVersion != version) {
+						return fmt.Sprintf("%s acknowledged %+v, want version %s", n.ID, n.Resources, version)
+					}
+				}
+				return ""
+			})
+		}
+		during := connectAll(t, f.addr, f.brokers, ids, round+1)
+		sameMapping(t, fmt.Sprintf("round %d, after failover", round+1), before, during)
 	}
-	during := connectAll(t, f.addr, f.brokers, ids, 1)
-	sameMapping(t, "after failover", before, during)
 
 	// Changes through the survivor reach both Envoys.
 	if _, err := survivor.client.RemoveEndpoint(ctx, "brokers", toAPI(f.brokers[2])[0]); err != nil {
 		t.Fatal(err)
 	}
 	f.waitServed(t, survivor, f.brokers[:2])
-	after := connectAll(t, f.addr, f.brokers[:2], ids, 2)
+	after := connectAll(t, f.addr, f.brokers[:2], ids, 3)
 	for _, id := range ids {
 		if before[id] != f.brokers[2].Name() && after[id] != before[id] {
 			t.Errorf("%s moved from %s to %s although its broker stayed", id, before[id], after[id])
@@ -328,6 +315,33 @@ func TestReplicaFailover(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// envoyState is what an Envoy must keep across a failover: the versions
+// it accepted, and counters that move when it applies anything new. The
+// replica it moves to sends a state-of-the-world Envoy the same resources
+// again under the same version, and a delta Envoy (which names the
+// versions it has) an update of its wildcard listeners and clusters with
+// nothing new in it: Envoy counts these as updates, and applies nothing.
+type envoyState struct {
+	Versions map[string]string
+	Counters map[string]int64
+}
+
+func stateOf(t *testing.T, x *xdsEnvoy) envoyState {
+	t.Helper()
+	c, err := x.Stats(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"cluster_manager.cluster_modified", "cluster_manager.cluster_added", "listener_manager.listener_modified",
+		"listener_manager.listener_in_place_updated", "listener_manager.listener_added", "cluster.brokers.membership_change",
+		"cluster_manager.cds.update_rejected", "listener_manager.lds.update_rejected", "cluster.brokers.update_rejected"}
+	keep := map[string]int64{}
+	for _, k := range names {
+		keep[k] = c[k]
+	}
+	return envoyState{Versions: x.versions(t), Counters: keep}
 }
 
 // One etcd member down (the leader, the harder case): writes succeed.
