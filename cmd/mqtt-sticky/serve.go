@@ -210,6 +210,12 @@ func openBacking(o serveOptions, file *model.File, xdsAddr string, log *slog.Log
 	cfg.Etcd = o.etcd.apply(cfg.Etcd)
 	cfg.ReplicaName = firstOf(o.replicaName, cfg.ReplicaName)
 	stateFile := firstOf(o.stateFile, file.StateFile)
+	if o.storeType == model.StoreEtcd {
+		// --store etcd overrides the config file's store, state_file
+		// included, so one config file serves a single control plane
+		// and replicas alike.
+		stateFile = o.stateFile
+	}
 	if err := cfg.Validate(stateFile); err != nil {
 		return nil, fmt.Errorf("%w: %v", errUsage, err)
 	}
