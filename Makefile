@@ -102,9 +102,10 @@ e2e: envoy compose-tool eg-tool ## end-to-end tests against the real Envoy (fail
 	@mkdir -p build/test-output
 	DOCKER_CONFIG=$(DOCKER_CONFIG_DIR) EGCTL=$(EGCTL) $(GO) test -count=1 -timeout 20m -v -artifacts -outputdir $(CURDIR)/build/test-output ./tests/
 
-validate: filter envoy ## check envoy/static.yaml and envoy/bootstrap.yaml with envoy --mode validate
+validate: filter envoy ## check envoy/static.yaml, envoy/bootstrap.yaml and compose/envoy-replicas.yaml with envoy --mode validate
 	ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/build $(ENVOY_LAUNCHER) --mode validate -c envoy/static.yaml
 	ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/build $(ENVOY_LAUNCHER) --mode validate -c envoy/bootstrap.yaml
+	ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/build $(ENVOY_LAUNCHER) --mode validate -c compose/envoy-replicas.yaml
 
 test: lint unit fuzz-short filter build validate e2e ## the whole suite: lint, unit, fuzz, e2e (the README's test command)
 

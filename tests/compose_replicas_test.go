@@ -158,7 +158,7 @@ func TestComposeReplicasAgree(t *testing.T) {
 	}
 
 	// compose/envoy-replicas.yaml is envoy/bootstrap.yaml but for the xds
-	// endpoints.
+	// endpoints and the admin address offered to the control plane.
 	mainRaw, err := os.ReadFile(filepath.Join(root, "envoy", "bootstrap.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -170,6 +170,7 @@ func TestComposeReplicasAgree(t *testing.T) {
 	endpoints := []any{"static_resources", "clusters", 0, "load_assignment", "endpoints", 0, "lb_endpoints"}
 	set(t, mainBoot, nil, endpoints...)
 	set(t, boot, nil, endpoints...)
+	delete(get(t, mainBoot, "node").(map[string]any), "metadata")
 	if diff := cmp.Diff(mainBoot, boot); diff != "" {
 		t.Errorf("compose/envoy-replicas.yaml differs from envoy/bootstrap.yaml beyond the xds endpoints (-bootstrap +replicas):\n%s", diff)
 	}
