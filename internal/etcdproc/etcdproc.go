@@ -6,6 +6,7 @@ package etcdproc
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -58,8 +59,18 @@ type Member struct {
 	bin     string
 	cluster string // --initial-cluster
 	token   string
+	tls     *TLS
+	client  *http.Client // for /health and the status
 	cmd     *exec.Cmd
 	exited  chan struct{}
+}
+
+// TLS makes the members serve clients over TLS only, and accept only
+// clients with a certificate signed by the CA.
+type TLS struct {
+	CAFile, CertFile, KeyFile string // the CA; the members' certificate (for 127.0.0.1) and key
+	// Client is how this package reaches the members' /health.
+	Client *tls.Config
 }
 
 // Cluster is a set of members that form one etcd cluster.
@@ -71,14 +82,24 @@ type Cluster struct {
 // dir, on free ports of 127.0.0.1, and waits until every member reports
 // healthy (the cluster has a leader).
 func StartCluster(ctx context.Context, dir string, n int) (*Cluster, error) {
+	return StartClusterTLS(ctx, dir, n, nil)
+}
+
+// StartClusterTLS is StartCluster with clients served over t (peers stay
+// on plain HTTP).
+func StartClusterTLS(ctx context.Context, dir string, n int, t *TLS) (*Cluster, error) {
 	bin, err := FindBinary()
 	if err != nil {
 		return nil, err
 	}
+	scheme, client := "http", http.DefaultClient
+	if t != nil {
+		scheme, client = "https", &http.Client{Transport: &http.Transport{TLSClientConfig: t.Client}}
+	}
 	c := &Cluster{}
 	var initial []string
 	for i := range n {
-		m := &Member{Name: fmt.Sprintf("etcd-%d", i+1), bin: bin, token: filepath.Base(dir)}
+		m := &Member{Name: fmt.Sprintf("etcd-%d", i+1), bin: bin, token: filepath.Base(dir), tls: t, client: client}
 		for _, u := range []*string{&m.ClientURL, &m.PeerURL} {
 			port, err := envoyproc.FreePort("127.0.0.1")
 			if err != nil {
@@ -86,6 +107,7 @@ func StartCluster(ctx context.Context, dir string, n int) (*Cluster, error) {
 			}
 			*u = fmt.Sprintf("http://127.0.0.1:%d", port)
 		}
+		m.ClientURL = strings.Replace(m.ClientURL, "http", scheme, 1)
 		m.DataDir = filepath.Join(dir, m.Name+".data")
 		m.LogPath = filepath.Join(dir, m.Name+".log")
 		initial = append(initial, m.Name+"="+m.PeerURL)
@@ -165,7 +187,7 @@ func (m *Member) Start() error {
 		return err
 	}
 	defer logf.Close() // the child keeps its own descriptor
-	cmd := exec.Command(m.bin,
+	args := []string{
 		"--name", m.Name,
 		"--data-dir", m.DataDir,
 		"--listen-client-urls", m.ClientURL,
@@ -178,7 +200,12 @@ func (m *Member) Start() error {
 		"--heartbeat-interval", fmt.Sprint(heartbeatMillis),
 		"--election-timeout", fmt.Sprint(electionMillis),
 		"--logger", "zap",
-	)
+	}
+	if m.tls != nil {
+		args = append(args, "--cert-file", m.tls.CertFile, "--key-file", m.tls.KeyFile,
+			"--trusted-ca-file", m.tls.CAFile, "--client-cert-auth")
+	}
+	cmd := exec.Command(m.bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// The kernel stops etcd if the test process dies without stopping it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -246,7 +273,7 @@ func (m *Member) health(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, m.ClientURL+"/health", nil)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := m.client.Do(req)
 	if err != nil {
 		return err
 	}
@@ -277,7 +304,7 @@ func (m *Member) status(ctx context.Context) (memberStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, m.ClientURL+"/v3/maintenance/status", strings.NewReader("{}"))
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := m.client.Do(req)
 	if err != nil {
 		return st, err
 	}
