@@ -28,21 +28,8 @@ func TestComposeReplicasAgree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("docker", "compose", "-f", filepath.Join(root, "docker-compose.yaml"),
-		"-f", filepath.Join(root, "docker-compose.replicas.yaml"), "config", "--format", "json")
-	cmd.Env = append(os.Environ(), "MQTT_STICKY_API_TOKEN=compose-test-token")
-	out, err := cmd.Output()
-	if err != nil {
-		stderr := ""
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
-		}
-		t.Fatalf("docker compose config failed (run `make compose-tool` and set DOCKER_CONFIG=%s/.tools/docker): %v\n%s", root, err, stderr)
-	}
-	var p composeProject
-	if err := json.Unmarshal(out, &p); err != nil {
-		t.Fatal(err)
-	}
+	p := composeConfig(t, root, "docker-compose.yaml", "docker-compose.replicas.yaml")
+	base := composeConfig(t, root, "docker-compose.yaml")
 
 	// etcd: three members that name each other by their fixed addresses.
 	var clientURLs, initial []string
@@ -147,9 +134,23 @@ func TestComposeReplicasAgree(t *testing.T) {
 			t.Errorf("envoy does not publish MQTT port %d", l.Port)
 		}
 	}
-	if len(envoy.Volumes) != 1 || !strings.HasSuffix(envoy.Volumes[0].Source, filepath.Join("compose", "envoy-replicas.yaml")) ||
-		!slices.Contains(envoy.Command, envoy.Volumes[0].Target) {
-		t.Errorf("envoy does not run compose/envoy-replicas.yaml: %v %v", envoy.Volumes, envoy.Command)
+	// The same mounts as in the base file (the TLS certificates), but the
+	// bootstrap.
+	mounts := map[string]string{}
+	for _, v := range envoy.Volumes {
+		mounts[v.Target] = v.Source
+	}
+	for _, v := range base.Services["envoy"].Volumes {
+		want := v.Source
+		if slices.Contains(envoy.Command, v.Target) {
+			want = filepath.Join(root, "compose", "envoy-replicas.yaml")
+		}
+		if mounts[v.Target] != want {
+			t.Errorf("envoy mounts %q on %s, want %q", mounts[v.Target], v.Target, want)
+		}
+	}
+	if len(mounts) != len(base.Services["envoy"].Volumes) {
+		t.Errorf("envoy mounts %v, the base file %v", envoy.Volumes, base.Services["envoy"].Volumes)
 	}
 	for _, r := range []string{"xds", "xds-2"} {
 		if envoy.DependsOn[r].Condition != "service_healthy" {
@@ -191,6 +192,30 @@ func TestComposeReplicasAgree(t *testing.T) {
 	if st, err := replica.client.Status(t.Context()); err != nil || st.Replica != flags["--replica-name"] {
 		t.Errorf("the replica answers %+v, %v", st, err)
 	}
+}
+
+// composeConfig is `docker compose config` of the files, merged in order.
+func composeConfig(t *testing.T, root string, files ...string) composeProject {
+	t.Helper()
+	args := []string{"compose"}
+	for _, f := range files {
+		args = append(args, "-f", filepath.Join(root, f))
+	}
+	cmd := exec.Command("docker", append(args, "config", "--format", "json")...)
+	cmd.Env = append(os.Environ(), "MQTT_STICKY_API_TOKEN=compose-test-token")
+	out, err := cmd.Output()
+	if err != nil {
+		stderr := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("docker compose config failed (run `make compose-tool` and set DOCKER_CONFIG=%s/.tools/docker): %v\n%s", root, err, stderr)
+	}
+	var p composeProject
+	if err := json.Unmarshal(out, &p); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // flagValues reads --flag value pairs from a command line.
