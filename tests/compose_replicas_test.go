@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/mqtt-sticky/mqtt-sticky/internal/envoyproc"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"

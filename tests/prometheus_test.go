@@ -21,7 +21,7 @@ import (
 	"time"
 
 	paho3 "github.com/eclipse/paho.mqtt.golang"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/envoyproc"
