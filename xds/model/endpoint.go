@@ -145,8 +145,8 @@ func (e Endpoint) Validate() error {
 	if err != nil || a.Zone() != "" {
 		return fmt.Errorf("endpoint address %q is not an IP address (Envoy does not resolve names in EDS; give the broker a fixed IP, or use DNS discovery)", e.Address)
 	}
-	if a.IsUnspecified() || a.IsMulticast() {
-		return fmt.Errorf("endpoint address %s cannot be a broker address", e.Address)
+	if why := notABroker(a); why != "" {
+		return fmt.Errorf("endpoint address %s cannot be a broker address: %s", e.Address, why)
 	}
 	if e.Port < 1 || e.Port > 65535 {
 		return fmt.Errorf("endpoint %s: port %d is out of range 1-65535", e.Address, e.Port)
@@ -171,6 +171,31 @@ func validEndpointName(s string) bool {
 		}
 	}
 	return true
+}
+
+// broadcast is the IPv4 limited-broadcast address.
+var broadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+
+// notABroker says why an IP address cannot be a broker's, or "".
+func notABroker(a netip.Addr) string {
+	switch {
+	case a.IsUnspecified():
+		return "it is the unspecified address"
+	case a.IsMulticast():
+		return "it is a multicast address"
+	case a == broadcast:
+		return "it is the broadcast address"
+	case a.IsLinkLocalUnicast():
+		// 169.254.0.0/16 and fe80::/10 need a zone (an interface) to mean
+		// anything, and 169.254.169.254 is where clouds serve instance
+		// metadata and credentials.
+		return "it is link-local (169.254.0.0/16, fe80::/10)"
+	case a.Is4In6():
+		// The same broker could be listed twice, once per form, and be
+		// given two shares of the hash ring.
+		return "it is an IPv4-mapped IPv6 address: write it as " + a.Unmap().String()
+	}
+	return ""
 }
 
 // ValidateEndpoints checks one cluster's endpoint set: IP addresses, ports

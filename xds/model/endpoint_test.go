@@ -39,12 +39,21 @@ func TestParseEndpointRefusesBadInput(t *testing.T) {
 		{"127.0.0.1:1883=x", `weight "x" is not a whole number`},
 		{"127.0.0.1:1883=-1", `weight "-1" is not a whole number`},
 		{"127.0.0.1:1883=129", "weight 129 must be between 1 and 128"},
-		{"0.0.0.0:1883", "cannot be a broker address"},
+		{"0.0.0.0:1883", "cannot be a broker address: it is the unspecified address"},
+		{"[::]:1883", "cannot be a broker address: it is the unspecified address"},
 		{"[fe80::1%eth0]:1883", "is not an IP address"},
-		{"224.0.0.1:1883", "cannot be a broker address"},
 		{"@127.0.0.1:1883", "want [NAME@]ADDRESS:PORT[=WEIGHT]"},
 		{"b 1@127.0.0.1:1883", `name "b 1" must be`},
 		{"a@b@127.0.0.1:1883", "want [NAME@]ADDRESS:PORT[=WEIGHT]"},
+		{"224.0.0.1:1883", "cannot be a broker address: it is a multicast address"},
+		{"[ff02::1]:1883", "cannot be a broker address: it is a multicast address"},
+		{"255.255.255.255:1883", "cannot be a broker address: it is the broadcast address"},
+		{"169.254.169.254:80", "cannot be a broker address: it is link-local"},
+		{"169.254.0.1:1883", "cannot be a broker address: it is link-local"},
+		{"[fe80::1]:1883", "cannot be a broker address: it is link-local"},
+		{"[febf::1]:1883", "cannot be a broker address: it is link-local"},
+		{"[::ffff:127.0.0.1]:18831", "IPv4-mapped IPv6 address: write it as 127.0.0.1"},
+		{"[::ffff:10.0.0.1]:1883", "IPv4-mapped IPv6 address: write it as 10.0.0.1"},
 	} {
 		_, err := ParseEndpoint(tt.in)
 		if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
