@@ -67,7 +67,10 @@ func TestFileRefusesBadStateFiles(t *testing.T) {
 		{"null", "holds no state"},
 		{"{}", "holds no state"},
 		{`{"version": 0, "clusters": {}}`, "holds no state"},
-		{`{"version": 3, "clusters": {}, "extra": 1}`, `unknown field "extra"`},
+		{`{"version": 3, "clusters": {}, "extra": 1}`, `unknown object member name "extra"`},
+		{`{"version": 3, "clusters": {}}}}]]`, "is corrupt"},
+		{`{"version": 3, "version": 4, "clusters": {}}`, `duplicate object member name "version"`},
+		{`{"Version": 3, "clusters": {}}`, `unknown object member name "Version"`},
 	} {
 		path := filepath.Join(t.TempDir(), "state.json")
 		os.WriteFile(path, []byte(tt.content), 0o644)

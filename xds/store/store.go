@@ -13,13 +13,13 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"maps"
 	"slices"
 
+	"github.com/mqtt-sticky/mqtt-sticky/internal/strictjson"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 )
 
@@ -76,14 +76,13 @@ func Encode(st State) ([]byte, error) {
 	return json.MarshalIndent(st, "", "  ")
 }
 
-// Decode reads a state's stored form, strictly: a state that does not
+// Decode reads a state's stored form, strictly (strictjson: no trailing
+// data, no unknown, duplicate or miscased keys): a state that does not
 // read back exactly is an error, because serving the config file's
 // endpoints instead would silently remap clients.
 func Decode(data []byte) (State, error) {
 	var st *State
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&st); err != nil {
+	if err := strictjson.Unmarshal(data, &st); err != nil {
 		return State{}, err
 	}
 	if st == nil || st.Clusters == nil || st.Version < EmptyVersion {
