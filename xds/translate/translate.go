@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -64,43 +65,109 @@ type Resources struct {
 // brokers under its own identity; the endpoints are identical for every
 // node, which keeps every Envoy's hash ring the same.
 func Translate(m *model.Model, nodeID string) (*Resources, error) {
+	f, err := TranslateFleet(m)
+	if err != nil {
+		return nil, err
+	}
+	return f.ForNode(nodeID), nil
+}
+
+// Fleet is a model translated once for all nodes: the resources every node
+// shares, built and validated once, and what ForNode needs to add each
+// node's own part. A server with many nodes translates a new version once,
+// then pays per node only for the clusters whose health check names the
+// node.
+type Fleet struct {
+	listeners []types.Resource
+	endpoints []types.Resource
+	filters   []types.Resource
+	secrets   []types.Resource
+	clusters  []fleetCluster // sorted by name
+}
+
+// fleetCluster is one translated cluster; perNode is set when its health
+// check carries the node ID (the MQTT probe's client ID).
+type fleetCluster struct {
+	base    *clusterv3.Cluster
+	perNode *model.Cluster
+}
+
+// probeNodeID stands in for a node while the per-node clusters are
+// validated: the longest node ID gives the largest health-check payload
+// (HealthCheckClientID truncates beyond it), and nothing else in a
+// cluster depends on the node.
+var probeNodeID = strings.Repeat("n", maxHealthCheckClientID)
+
+// TranslateFleet translates m for every node and validates every resource.
+// The model must not change afterwards: the Fleet refers to its clusters.
+func TranslateFleet(m *model.Model) (*Fleet, error) {
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
-	r := &Resources{}
+	f := &Fleet{}
 	for i := range m.Listeners {
 		l := &m.Listeners[i]
 		filters := buildFilters(l, m.Cluster(l.Cluster))
-		r.Listeners = append(r.Listeners, buildListener(l, filters))
-		for _, f := range filters {
-			r.Filters = append(r.Filters, f)
+		f.listeners = append(f.listeners, buildListener(l, filters))
+		for _, tc := range filters {
+			f.filters = append(f.filters, tc)
 		}
 		for _, s := range listenerSecrets(l) {
-			r.Secrets = append(r.Secrets, s)
+			f.secrets = append(f.secrets, s)
 		}
 	}
 	forwards := forwardsCN(m)
+	var bases []types.Resource
 	for i := range m.Clusters {
 		c := &m.Clusters[i]
-		r.Clusters = append(r.Clusters, buildCluster(c, nodeID, forwards[c.Name]))
-		r.Endpoints = append(r.Endpoints, BuildLoadAssignment(c))
+		// The base is the cluster as the longest node ID gets it, so
+		// validating it validates every node's copy.
+		fc := fleetCluster{base: buildCluster(c, probeNodeID, forwards[c.Name])}
+		if c.HealthCheck.Type == model.HealthMQTT {
+			fc.perNode = c
+		}
+		f.clusters = append(f.clusters, fc)
+		bases = append(bases, fc.base)
+		f.endpoints = append(f.endpoints, BuildLoadAssignment(c))
 		for _, s := range clusterSecrets(c) {
-			r.Secrets = append(r.Secrets, s)
+			f.secrets = append(f.secrets, s)
 		}
 	}
-	sortByName(r.Listeners)
-	sortByName(r.Clusters)
-	sortByName(r.Endpoints)
-	sortByName(r.Filters)
-	sortByName(r.Secrets)
-	for _, list := range [][]types.Resource{r.Listeners, r.Clusters, r.Endpoints, r.Filters, r.Secrets} {
+	sortByName(f.listeners)
+	sortByName(f.endpoints)
+	sortByName(f.filters)
+	sortByName(f.secrets)
+	slices.SortFunc(f.clusters, func(a, b fleetCluster) int { return strings.Compare(a.base.GetName(), b.base.GetName()) })
+	for _, list := range [][]types.Resource{f.listeners, bases, f.endpoints, f.filters, f.secrets} {
 		for _, res := range list {
 			if err := validate(res); err != nil {
 				return nil, err
 			}
 		}
 	}
-	return r, nil
+	return f, nil
+}
+
+// ForNode returns the node's resources. The shared ones are the Fleet's
+// own messages, the same for every node: nobody may modify them.
+func (f *Fleet) ForNode(nodeID string) *Resources {
+	r := &Resources{Listeners: f.listeners, Endpoints: f.endpoints, Filters: f.filters, Secrets: f.secrets,
+		Clusters: make([]types.Resource, 0, len(f.clusters))}
+	for _, c := range f.clusters {
+		r.Clusters = append(r.Clusters, c.forNode(nodeID))
+	}
+	return r
+}
+
+// forNode is the cluster as the node gets it: the shared message, or a
+// copy with the node's health check.
+func (c fleetCluster) forNode(nodeID string) *clusterv3.Cluster {
+	if c.perNode == nil {
+		return c.base
+	}
+	cl := proto.Clone(c.base).(*clusterv3.Cluster)
+	cl.HealthChecks = []*corev3.HealthCheck{healthCheck(c.perNode, nodeID)}
+	return cl
 }
 
 // StaticListeners returns copies of the listeners with each filter's
@@ -470,11 +537,20 @@ func httpHealthCheck(h model.HealthCheck) *corev3.HealthCheck_HttpHealthCheck {
 	return &corev3.HealthCheck_HttpHealthCheck{Path: h.Path, ExpectedStatuses: ranges}
 }
 
+// maxHealthCheckClientID bounds the health-check client ID: brokers
+// accept client IDs of at least 23 bytes, and usually far longer.
+const maxHealthCheckClientID = 128
+
 // HealthCheckClientID is the client ID an Envoy node probes brokers with.
 func HealthCheckClientID(prefix, nodeID string) string {
 	id := prefix + nodeID
-	if len(id) > 128 {
-		id = id[:128]
+	if len(id) > maxHealthCheckClientID {
+		// Cut at a character boundary: MQTT client IDs are UTF-8.
+		cut := maxHealthCheckClientID
+		for cut > 0 && !utf8.RuneStart(id[cut]) {
+			cut--
+		}
+		id = id[:cut]
 	}
 	return id
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	ringhashv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/ring_hash/v3"
@@ -192,5 +193,31 @@ func TestCertificateChangeTouchesOnlySecrets(t *testing.T) {
 	}
 	if a, b := render(t, &Resources{Secrets: before.Secrets}), render(t, &Resources{Secrets: after.Secrets}); bytes.Equal(a, b) {
 		t.Error("the secrets did not change")
+	}
+}
+
+// A long node ID is cut to 128 bytes at a character boundary, so the
+// health-check client ID stays valid UTF-8 (MQTT requires it).
+func TestHealthCheckClientIDIsBounded(t *testing.T) {
+	id := HealthCheckClientID("mqtt-sticky-hc-", strings.Repeat("é", 200))
+	if len(id) > 128 || len(id) < 126 || !utf8.ValidString(id) {
+		t.Errorf("%d bytes, valid UTF-8 %v", len(id), utf8.ValidString(id))
+	}
+}
+
+// A fleet translation gives every node the same shared messages, and its
+// own health check (TestGolden checks what a node gets).
+func TestFleetForNode(t *testing.T) {
+	m := model.Default()
+	f, err := TranslateFleet(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := f.ForNode("envoy-a"), f.ForNode("envoy-b")
+	if a.Listeners[0] != b.Listeners[0] || a.Endpoints[0] != b.Endpoints[0] {
+		t.Error("listeners and endpoints are not shared between nodes")
+	}
+	if bytes.Equal(render(t, &Resources{Clusters: a.Clusters}), render(t, &Resources{Clusters: b.Clusters})) {
+		t.Error("two nodes got the same health-check client ID")
 	}
 }
