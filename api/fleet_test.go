@@ -69,7 +69,7 @@ func TestStoreErrorsMapToStatusCodes(t *testing.T) {
 // 200: the control plane keeps serving Envoy.
 func TestHealthDegraded(t *testing.T) {
 	f := newFixture(t, "")
-	srv := server.New(nil, prometheus.NewRegistry())
+	srv := server.New(server.Options{Registerer: prometheus.NewRegistry()})
 	ctl := control.New(model.Default(), store.NewFile(""), srv, nil)
 	if err := ctl.Start(context.Background()); err != nil {
 		t.Fatal(err)

@@ -42,7 +42,7 @@ func newFixture(t *testing.T, token string) *fixture {
 
 func newFixtureWith(t *testing.T, m *model.Model, token string) *fixture {
 	t.Helper()
-	srv := server.New(nil, prometheus.NewRegistry())
+	srv := server.New(server.Options{Registerer: prometheus.NewRegistry()})
 	st := control.New(m, store.NewFile(""), srv, nil)
 	if err := st.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -346,7 +346,7 @@ func TestDiscoveredClusterRefusesEdits(t *testing.T) {
 	base.Clusters[0].Endpoints = nil
 	base.Clusters[0].Discovery = &model.Discovery{DNS: &model.DNSDiscovery{Name: "brokers.example.com", Port: 1883, Resolver: "127.0.0.1:9"}}
 	base.SetDefaults()
-	srv := server.New(nil, prometheus.NewRegistry())
+	srv := server.New(server.Options{Registerer: prometheus.NewRegistry()})
 	ctl := control.New(base, store.NewFile(""), srv, nil)
 	if err := ctl.Start(context.Background()); err != nil {
 		t.Fatal(err)

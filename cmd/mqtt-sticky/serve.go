@@ -38,6 +38,8 @@ type serveOptions struct {
 	file       *model.File // used instead of configPath when set
 	configPath string
 	xdsListen  string
+	maxNodes   int
+	nodeGrace  time.Duration
 	apiListen  string
 	stateFile  string
 	noState    bool
@@ -58,6 +60,8 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.configPath, "config", "", "config file (YAML); without it: a listener on :1883 and cluster \"brokers\" of 127.0.0.1:18831-18833")
 	fs.StringVar(&o.xdsListen, "xds", "", "xDS gRPC address (default from the config file, else "+model.DefaultXDSListen+")")
+	fs.IntVar(&o.maxNodes, "xds-max-nodes", 0, fmt.Sprintf("most Envoy nodes kept, connected or recently gone; beyond it new nodes are refused (config xds_max_nodes; default %d)", server.DefaultMaxNodes))
+	fs.DurationVar(&o.nodeGrace, "xds-node-grace", 0, fmt.Sprintf("how long a node that left stays in the status (config xds_node_grace; default %v)", server.DefaultNodeGrace))
 	fs.StringVar(&o.apiListen, "api", "", "management API address (default from the config file, else "+model.DefaultAPIListen+")")
 	fs.StringVar(&o.stateFile, "state", "", "state file keeping endpoint changes across restarts (default from the config file, else "+defaultStateFile+")")
 	fs.BoolVar(&o.noState, "no-state", false, "do not persist endpoint changes")
@@ -105,6 +109,9 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, ready func(xds
 	warnUnreadableTLSFiles(log, &file.Model)
 	xdsAddr := firstOf(o.xdsListen, file.XDSListen, model.DefaultXDSListen)
 	apiAddr := firstOf(o.apiListen, file.APIListen, model.DefaultAPIListen)
+	if o.maxNodes < 0 || o.nodeGrace < 0 {
+		return fmt.Errorf("%w: --xds-max-nodes and --xds-node-grace cannot be negative", errUsage)
+	}
 	if o.token == "" && !isLoopback(apiAddr) {
 		return fmt.Errorf("%w: the API listens on %s, beyond loopback: set --api-token or MQTT_STICKY_API_TOKEN", errUsage, apiAddr)
 	}
@@ -122,7 +129,11 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, ready func(xds
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv := server.New(log, reg)
+	srv := server.New(server.Options{
+		Logger: log, Registerer: reg,
+		MaxNodes:  firstPositive(o.maxNodes, file.XDSMaxNodes),
+		NodeGrace: time.Duration(firstPositive(int64(o.nodeGrace), int64(file.XDSNodeGrace))),
+	})
 	ctl := control.New(&file.Model, b.store, srv, log)
 	if err := ctl.Start(ctx); err != nil {
 		return err
@@ -255,6 +266,15 @@ func firstOf(values ...string) string {
 		}
 	}
 	return ""
+}
+
+func firstPositive[T int | int64](values ...T) T {
+	for _, v := range values {
+		if v > 0 {
+			return v
+		}
+	}
+	return 0
 }
 
 func isLoopback(hostport string) bool {

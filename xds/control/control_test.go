@@ -20,7 +20,7 @@ var ctx = context.Background()
 // start returns a controller over a real xDS server and a file store.
 func start(t *testing.T, st store.Store) (*Controller, *server.Server) {
 	t.Helper()
-	srv := server.New(nil, prometheus.NewRegistry())
+	srv := server.New(server.Options{Registerer: prometheus.NewRegistry()})
 	c := New(model.Default(), st, srv, nil)
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -170,7 +170,7 @@ func TestDiscoveredCluster(t *testing.T) {
 	base.Clusters[0].Endpoints = nil
 	base.Clusters[0].Discovery = &model.Discovery{DNS: &model.DNSDiscovery{Name: "brokers.example.com", Port: 1883}}
 	base.SetDefaults()
-	srv := server.New(nil, prometheus.NewRegistry())
+	srv := server.New(server.Options{Registerer: prometheus.NewRegistry()})
 	c := New(base, store.NewFile(""), srv, nil)
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)

@@ -8,10 +8,16 @@ import (
 )
 
 // File is the `mqtt-sticky serve --config` file: where the server listens
-// and persists state, and the fleet model. Unknown keys are errors.
+// and persists state, the bounds it keeps, and the fleet model. Unknown
+// keys are errors. Each key has a `serve` flag that overrides it.
 type File struct {
 	// XDSListen is the gRPC address Envoys connect to for ADS.
 	XDSListen string `json:"xds_listen,omitempty"`
+	// XDSMaxNodes bounds the Envoy nodes the server keeps (0: the default).
+	XDSMaxNodes int `json:"xds_max_nodes,omitempty"`
+	// XDSNodeGrace is how long a node that left stays in the status (0:
+	// the default).
+	XDSNodeGrace Duration `json:"xds_node_grace,omitempty"`
 	// APIListen is the management API's HTTP address.
 	APIListen string `json:"api_listen,omitempty"`
 	// StateFile keeps endpoint changes across restarts, with the file
@@ -95,6 +101,9 @@ func ParseFile(data []byte) (*File, error) {
 	}
 	if f.APIListen == "" {
 		f.APIListen = DefaultAPIListen
+	}
+	if f.XDSMaxNodes < 0 || f.XDSNodeGrace < 0 {
+		return nil, invalid("xds_max_nodes and xds_node_grace cannot be negative")
 	}
 	if err := f.Validate(); err != nil {
 		return nil, err

@@ -2,12 +2,11 @@ package server
 
 import (
 	"context"
-	"fmt"
-	"slices"
+	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
+	"unicode"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -38,6 +37,19 @@ type NodeStatus struct {
 // its admin address (host:port), as envoy/bootstrap.yaml does.
 const AdminAddressKey = "admin_address"
 
+// adminAddress is the address a node advertises, when it is a host:port
+// of a sane length (it is kept, shown and dialled); "" otherwise.
+func adminAddress(s string) string {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || host == "" || len(s) > maxNodeCluster || strings.ContainsFunc(s, unicode.IsControl) {
+		return ""
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return ""
+	}
+	return s
+}
+
 // ResourceStatus is one resource type's state on a node: the version last
 // sent, the version the node last accepted, and its last rejection.
 type ResourceStatus struct {
@@ -48,30 +60,43 @@ type ResourceStatus struct {
 	NackedAt      *time.Time `json:"nacked_at,omitempty"`
 }
 
-func shortType(typeURL string) string {
+// resourceKind names the resource types this server serves, as the status
+// shows them. Requests for other types are not recorded, so a node cannot
+// grow its status with made-up type URLs.
+func resourceKind(typeURL string) (string, bool) {
 	switch typeURL {
 	case resource.ListenerType:
-		return "listeners"
+		return "listeners", true
 	case resource.ClusterType:
-		return "clusters"
+		return "clusters", true
 	case resource.EndpointType:
-		return "endpoints"
+		return "endpoints", true
 	case resource.ExtensionConfigType:
-		return "filters"
+		return "filters", true
 	case resource.SecretType:
-		return "secrets"
+		return "secrets", true
 	}
-	return strings.TrimPrefix(typeURL, resource.APITypePrefix)
+	return "", false
 }
 
-// tracker follows every stream and turns requests into ACK/NACK state.
-type tracker struct {
-	metrics *Metrics
-	now     func() time.Time
+// resourceTypes are the type URLs the server serves.
+var resourceTypes = []string{resource.ListenerType, resource.ClusterType, resource.EndpointType, resource.ExtensionConfigType, resource.SecretType}
 
-	mu      sync.Mutex
-	nodes   map[string]*NodeStatus
-	streams map[streamID]*streamState
+// Rejecting reports whether the node's answer to the version last sent
+// was a NACK.
+func (rs ResourceStatus) Rejecting() bool {
+	return rs.NackedVersion != "" && rs.NackedVersion == rs.SentVersion && rs.AckedVersion != rs.SentVersion
+}
+
+// xdsRequest is what the server reads of a state-of-the-world or delta
+// request.
+type xdsRequest struct {
+	node        *corev3.Node // nil on later requests of a stream
+	typeURL     string
+	versionInfo string // "" in delta requests
+	nonce       string
+	nack        bool
+	errDetail   string
 }
 
 // streamID names a stream. go-control-plane numbers state-of-the-world
@@ -85,208 +110,51 @@ type streamID struct {
 func sotwStream(n int64) streamID  { return streamID{n: n} }
 func deltaStream(n int64) streamID { return streamID{delta: true, n: n} }
 
-type streamState struct {
-	node   string
-	nonces map[string]string // response nonce -> version sent with it
-}
-
-func newTracker(m *Metrics) *tracker {
-	return &tracker{metrics: m, now: time.Now, nodes: map[string]*NodeStatus{}, streams: map[streamID]*streamState{}}
-}
-
-func (t *tracker) open(id streamID) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.streams[id] = &streamState{nonces: map[string]string{}}
-}
-
-func (t *tracker) closed(id streamID) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	st := t.streams[id]
-	delete(t.streams, id)
-	if st == nil || st.node == "" {
-		return
-	}
-	if n := t.nodes[st.node]; n != nil {
-		n.Streams--
-		n.Connected = n.Streams > 0
-		n.LastSeen = t.now()
-	}
-	t.updateConnected()
-}
-
-// request records a request's node, and whether it acknowledged or
-// rejected the response named by its nonce. It returns the node ID.
-func (t *tracker) request(id streamID, node *corev3.Node, typeURL, versionInfo, nonce string, errDetail string, nack bool) string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	st := t.streams[id]
-	if st == nil {
-		st = &streamState{nonces: map[string]string{}}
-		t.streams[id] = st
-	}
-	if st.node == "" && node.GetId() != "" {
-		st.node = node.GetId()
-		n := t.nodes[st.node]
-		if n == nil {
-			n = &NodeStatus{ID: st.node, FirstSeen: t.now(), Resources: map[string]ResourceStatus{}}
-			t.nodes[st.node] = n
-		}
-		n.Cluster = node.GetCluster()
-		n.AdminAddress = node.GetMetadata().GetFields()[AdminAddressKey].GetStringValue()
-		if v := node.GetUserAgentBuildVersion().GetVersion(); v != nil {
-			n.EnvoyVersion = formatVersion(v.GetMajorNumber(), v.GetMinorNumber(), v.GetPatch())
-		}
-		n.Streams++
-		n.Connected = true
-		t.updateConnected()
-	}
-	n := t.nodes[st.node]
-	if n == nil {
-		return ""
-	}
-	n.LastSeen = t.now()
-	kind := shortType(typeURL)
-	rs := n.Resources[kind]
-	if nonce == "" {
-		// A first request: after a reconnect it names the version the
-		// node already runs.
-		if versionInfo != "" {
-			rs.AckedVersion = versionInfo
-			n.Resources[kind] = rs
-		}
-		return n.ID
-	}
-	sent, known := st.nonces[nonce]
-	delete(st.nonces, nonce)
-	switch {
-	case nack:
-		if known {
-			rs.NackedVersion = sent
-		}
-		rs.NackMessage = errDetail
-		at := t.now()
-		rs.NackedAt = &at
-		t.metrics.nacks.WithLabelValues(kind).Inc()
-	case versionInfo != "":
-		rs.AckedVersion = versionInfo
-	case known:
-		rs.AckedVersion = sent // delta requests carry no version: use the one sent
-	}
-	n.Resources[kind] = rs
-	return n.ID
-}
-
-func (t *tracker) response(id streamID, typeURL, version, nonce string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	st := t.streams[id]
-	if st == nil {
-		return
-	}
-	st.nonces[nonce] = version
-	kind := shortType(typeURL)
-	t.metrics.responses.WithLabelValues(kind).Inc()
-	if n := t.nodes[st.node]; n != nil {
-		rs := n.Resources[kind]
-		rs.SentVersion = version
-		n.Resources[kind] = rs
-	}
-}
-
-func (t *tracker) updateConnected() {
-	c := 0
-	for _, n := range t.nodes {
-		if n.Connected {
-			c++
-		}
-	}
-	t.metrics.connected.Set(float64(c))
-}
-
-func (t *tracker) snapshot() []NodeStatus {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	out := make([]NodeStatus, 0, len(t.nodes))
-	for _, n := range t.nodes {
-		c := *n
-		c.Resources = map[string]ResourceStatus{}
-		for k, v := range n.Resources {
-			c.Resources[k] = v
-		}
-		out = append(out, c)
-	}
-	slices.SortFunc(out, func(a, b NodeStatus) int { return strings.Compare(a.ID, b.ID) })
-	return out
-}
-
-func formatVersion(major, minor, patch uint32) string {
-	return fmt.Sprintf("%d.%d.%d", major, minor, patch)
-}
-
-// callbacks connects go-control-plane's stream events to the tracker, and
-// gives a node its snapshot the first time it asks.
+// callbacks connects go-control-plane's stream events to the server.
 type callbacks struct{ s *Server }
 
 func (c *callbacks) OnStreamOpen(_ context.Context, id int64, _ string) error {
-	c.s.status.open(sotwStream(id))
-	return nil
+	return c.s.streamOpened(sotwStream(id))
 }
 
-func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node) { c.s.status.closed(sotwStream(id)) }
+func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node) { c.s.streamClosed(sotwStream(id)) }
 
 func (c *callbacks) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
-	c.s.status.open(deltaStream(id))
-	return nil
+	return c.s.streamOpened(deltaStream(id))
 }
 
-func (c *callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) { c.s.status.closed(deltaStream(id)) }
+func (c *callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) { c.s.streamClosed(deltaStream(id)) }
 
 func (c *callbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
-	node := c.s.status.request(sotwStream(id), req.GetNode(), req.GetTypeUrl(), req.GetVersionInfo(), req.GetResponseNonce(),
-		req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
-	c.logNack(node, req.GetTypeUrl(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
-	if node != "" {
-		c.s.ensureNode(node)
-	}
-	return nil
+	return c.s.request(sotwStream(id), xdsRequest{node: req.GetNode(), typeURL: req.GetTypeUrl(), versionInfo: req.GetVersionInfo(),
+		nonce: req.GetResponseNonce(), nack: req.GetErrorDetail() != nil, errDetail: req.GetErrorDetail().GetMessage()})
 }
 
 func (c *callbacks) OnStreamResponse(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
-	c.s.status.response(sotwStream(id), resp.GetTypeUrl(), resp.GetVersionInfo(), resp.GetNonce())
+	c.s.response(sotwStream(id), resp.GetTypeUrl(), resp.GetVersionInfo(), resp.GetNonce())
 }
 
 func (c *callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
-	node := c.s.status.request(deltaStream(id), req.GetNode(), req.GetTypeUrl(), "", req.GetResponseNonce(),
-		req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
-	c.logNack(node, req.GetTypeUrl(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
-	if node != "" {
-		c.s.ensureNode(node)
-	}
-	return nil
+	return c.s.request(deltaStream(id), xdsRequest{node: req.GetNode(), typeURL: req.GetTypeUrl(),
+		nonce: req.GetResponseNonce(), nack: req.GetErrorDetail() != nil, errDetail: req.GetErrorDetail().GetMessage()})
 }
 
 func (c *callbacks) OnStreamDeltaResponse(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
-	c.s.status.response(deltaStream(id), resp.GetTypeUrl(), resp.GetSystemVersionInfo(), resp.GetNonce())
+	c.s.response(deltaStream(id), resp.GetTypeUrl(), resp.GetSystemVersionInfo(), resp.GetNonce())
 }
 
 func (c *callbacks) OnFetchRequest(context.Context, *discovery.DiscoveryRequest) error { return nil }
 
 func (c *callbacks) OnFetchResponse(*discovery.DiscoveryRequest, *discovery.DiscoveryResponse) {}
 
-func (c *callbacks) logNack(node, typeURL, msg string, nack bool) {
-	if nack {
-		c.s.log.Warn("xds: node rejected an update", "node", node, "type", shortType(typeURL), "error", msg)
-	}
-}
-
 // Metrics are the server's Prometheus metrics.
 type Metrics struct {
 	pushes    prometheus.Counter
 	responses *prometheus.CounterVec
 	nacks     *prometheus.CounterVec
+	refused   *prometheus.CounterVec
 	connected prometheus.Gauge
+	nodes     prometheus.Gauge
 	version   prometheus.Gauge
 }
 
@@ -301,29 +169,40 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mqtt_sticky_xds_nacks_total", Help: "xDS responses rejected (NACKed) by Envoys, by resource type.",
 		}, []string{"type"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mqtt_sticky_xds_streams_refused_total",
+			Help: "xDS streams closed by the server, by reason: node_id_missing, node_id_too_long, node_id_invalid, node_changed, too_many_nodes, too_many_streams.",
+		}, []string{"reason"}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "mqtt_sticky_xds_connected_nodes", Help: "Envoy nodes with at least one open xDS stream.",
+		}),
+		nodes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mqtt_sticky_xds_nodes", Help: "Envoy nodes the server keeps: connected, or gone for less than the grace period.",
 		}),
 		version: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "mqtt_sticky_xds_version", Help: "The resource version being served.",
 		}),
 	}
-	// Every resource type's series exists from the start, at 0: a
-	// dashboard or alert then sees "no NACK yet" instead of no data.
-	for _, typeURL := range []string{resource.ListenerType, resource.ClusterType, resource.EndpointType, resource.ExtensionConfigType} {
-		m.responses.WithLabelValues(shortType(typeURL))
-		m.nacks.WithLabelValues(shortType(typeURL))
+	// Every series exists from the start, at 0: a dashboard or alert then
+	// sees "none yet" instead of no data.
+	for _, typeURL := range resourceTypes {
+		kind, _ := resourceKind(typeURL)
+		m.responses.WithLabelValues(kind)
+		m.nacks.WithLabelValues(kind)
+	}
+	for _, reason := range []string{"node_id_missing", "node_id_too_long", "node_id_invalid", "node_changed", "too_many_nodes", "too_many_streams"} {
+		m.refused.WithLabelValues(reason)
 	}
 	if reg != nil {
-		reg.MustRegister(m.pushes, m.responses, m.nacks, m.connected, m.version)
+		reg.MustRegister(m.pushes, m.responses, m.nacks, m.refused, m.connected, m.nodes, m.version)
 	}
 	return m
 }
 
-// nodeCollector exports each node's xDS state, read from the tracker at
+// nodeCollector exports each node's xDS state, read from the server at
 // scrape time: it keeps nothing of its own, so a node's series exist
-// exactly while the tracker knows the node.
-type nodeCollector struct{ t *tracker }
+// exactly while the server keeps the node (at most MaxNodes of them).
+type nodeCollector struct{ s *Server }
 
 var (
 	nodeConnectedDesc = prometheus.NewDesc("mqtt_sticky_xds_node_connected",
@@ -341,7 +220,7 @@ func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, n := range c.t.snapshot() {
+	for _, n := range c.s.Nodes() {
 		ch <- prometheus.MustNewConstMetric(nodeConnectedDesc, prometheus.GaugeValue, boolValue(n.Connected), n.ID)
 		for kind, rs := range n.Resources {
 			if v, err := strconv.ParseUint(rs.AckedVersion, 10, 64); err == nil {
@@ -350,12 +229,6 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(nodeRejectingDesc, prometheus.GaugeValue, boolValue(rs.Rejecting()), n.ID, kind)
 		}
 	}
-}
-
-// Rejecting reports whether the node's answer to the version last sent
-// was a NACK.
-func (rs ResourceStatus) Rejecting() bool {
-	return rs.NackedVersion != "" && rs.NackedVersion == rs.SentVersion && rs.AckedVersion != rs.SentVersion
 }
 
 func boolValue(b bool) float64 {
