@@ -18,6 +18,11 @@ import (
 	"github.com/mqtt-sticky/mqtt-sticky/xds/server"
 )
 
+// TokenEnv is the environment variable that holds the API's bearer token,
+// for `mqtt-sticky serve` and for the CLI's client commands. Processes the
+// control plane starts (Envoy, in `mqtt-sticky run`) do not inherit it.
+const TokenEnv = "MQTT_STICKY_API_TOKEN"
+
 // Spec is the OpenAPI definition of this API.
 //
 //go:embed openapi.yaml
@@ -108,14 +113,16 @@ type Health struct {
 }
 
 // Backend is what the API manages: the controller's changes, plus the
-// fleet's status and health.
+// fleet's status and health. A change's ifVersion is the version of the
+// request's If-Match, or control.AnyVersion.
 type Backend interface {
 	Model() *model.Model
+	Served() (*model.Model, uint64)
 	Version() uint64
 	Endpoints(cluster string) ([]model.Endpoint, uint64, error)
-	SetEndpoints(ctx context.Context, cluster string, eps []model.Endpoint) (uint64, error)
-	AddEndpoint(ctx context.Context, cluster string, ep model.Endpoint) (uint64, error)
-	RemoveEndpoint(ctx context.Context, cluster string, ep model.Endpoint) (uint64, error)
+	SetEndpoints(ctx context.Context, cluster string, eps []model.Endpoint, ifVersion uint64) (uint64, error)
+	AddEndpoint(ctx context.Context, cluster string, ep model.Endpoint, ifVersion uint64) (uint64, error)
+	RemoveEndpoint(ctx context.Context, cluster string, ep model.Endpoint, ifVersion uint64) (uint64, error)
 	Status(ctx context.Context) Status
 	// Degraded names each dependency that fails, and why.
 	Degraded(ctx context.Context) map[string]string

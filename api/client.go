@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 )
 
@@ -29,7 +30,7 @@ type APIError struct {
 
 func (e *APIError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Message, e.Status) }
 
-func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+func (c *Client) do(ctx context.Context, method, path string, ifVersion uint64, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -47,6 +48,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	if c.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	if ifVersion != control.AnyVersion {
+		req.Header.Set("If-Match", ETag(ifVersion))
 	}
 	hc := c.HTTP
 	if hc == nil {
@@ -81,56 +85,60 @@ func endpointsPath(cluster string) string {
 // Clusters lists the clusters.
 func (c *Client) Clusters(ctx context.Context) (*ClusterList, error) {
 	var out ClusterList
-	return &out, c.do(ctx, http.MethodGet, "/v1/clusters", nil, &out)
+	return &out, c.do(ctx, http.MethodGet, "/v1/clusters", control.AnyVersion, nil, &out)
 }
 
 // Listeners lists the listeners.
 func (c *Client) Listeners(ctx context.Context) (*ListenerList, error) {
 	var out ListenerList
-	return &out, c.do(ctx, http.MethodGet, "/v1/listeners", nil, &out)
+	return &out, c.do(ctx, http.MethodGet, "/v1/listeners", control.AnyVersion, nil, &out)
 }
 
 // Endpoints lists a cluster's endpoints.
 func (c *Client) Endpoints(ctx context.Context, cluster string) (*EndpointList, error) {
 	var out EndpointList
-	return &out, c.do(ctx, http.MethodGet, endpointsPath(cluster), nil, &out)
+	return &out, c.do(ctx, http.MethodGet, endpointsPath(cluster), control.AnyVersion, nil, &out)
 }
 
-// SetEndpoints replaces a cluster's endpoints.
-func (c *Client) SetEndpoints(ctx context.Context, cluster string, eps []model.Endpoint) (*EndpointList, error) {
+// SetEndpoints replaces a cluster's endpoints. With ifVersion other than
+// control.AnyVersion, it sends If-Match, and the change applies only if
+// the served version is still ifVersion (otherwise an APIError with
+// status 412).
+func (c *Client) SetEndpoints(ctx context.Context, cluster string, eps []model.Endpoint, ifVersion uint64) (*EndpointList, error) {
 	var out EndpointList
 	if eps == nil {
 		eps = []model.Endpoint{}
 	}
-	return &out, c.do(ctx, http.MethodPut, endpointsPath(cluster), EndpointSet{Endpoints: eps}, &out)
+	return &out, c.do(ctx, http.MethodPut, endpointsPath(cluster), ifVersion, EndpointSet{Endpoints: eps}, &out)
 }
 
-// AddEndpoint adds one endpoint.
-func (c *Client) AddEndpoint(ctx context.Context, cluster string, e model.Endpoint) (*EndpointList, error) {
+// AddEndpoint adds one endpoint. See SetEndpoints for ifVersion.
+func (c *Client) AddEndpoint(ctx context.Context, cluster string, e model.Endpoint, ifVersion uint64) (*EndpointList, error) {
 	var out EndpointList
-	return &out, c.do(ctx, http.MethodPost, endpointsPath(cluster), e, &out)
+	return &out, c.do(ctx, http.MethodPost, endpointsPath(cluster), ifVersion, e, &out)
 }
 
 // RemoveEndpoint removes the endpoint e names (model.ParseEndpointRef):
-// by address and port, by name, or by both.
-func (c *Client) RemoveEndpoint(ctx context.Context, cluster string, e model.Endpoint) (*EndpointList, error) {
+// by address and port, by name, or by both. See SetEndpoints for
+// ifVersion.
+func (c *Client) RemoveEndpoint(ctx context.Context, cluster string, e model.Endpoint, ifVersion uint64) (*EndpointList, error) {
 	ref := e.Name
 	if e.Address != "" {
 		e.Weight = 0
 		ref = e.String()
 	}
 	var out EndpointList
-	return &out, c.do(ctx, http.MethodDelete, endpointsPath(cluster)+"/"+url.PathEscape(ref), nil, &out)
+	return &out, c.do(ctx, http.MethodDelete, endpointsPath(cluster)+"/"+url.PathEscape(ref), ifVersion, nil, &out)
 }
 
 // Status returns the nodes' status.
 func (c *Client) Status(ctx context.Context) (*Status, error) {
 	var out Status
-	return &out, c.do(ctx, http.MethodGet, "/v1/status", nil, &out)
+	return &out, c.do(ctx, http.MethodGet, "/v1/status", control.AnyVersion, nil, &out)
 }
 
 // Health returns the control plane's health and its dependencies'.
 func (c *Client) Health(ctx context.Context) (*Health, error) {
 	var out Health
-	return &out, c.do(ctx, http.MethodGet, "/healthz", nil, &out)
+	return &out, c.do(ctx, http.MethodGet, "/healthz", control.AnyVersion, nil, &out)
 }

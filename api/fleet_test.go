@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -59,7 +61,8 @@ func TestStoreErrorsMapToStatusCodes(t *testing.T) {
 		{fmt.Errorf("%w: already there", control.ErrConflict), http.StatusConflict},
 		{errors.New("disk on fire"), http.StatusInternalServerError},
 	} {
-		if code, _ := errorStatus(tt.err); code != tt.code {
+		h := &handler{opts: Options{Logger: slog.New(slog.DiscardHandler)}}
+		if code, _ := h.errorStatus(httptest.NewRequest("PUT", "/v1/clusters/brokers/endpoints", nil), tt.err); code != tt.code {
 			t.Errorf("%v: %d, want %d", tt.err, code, tt.code)
 		}
 	}

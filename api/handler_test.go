@@ -37,18 +37,21 @@ func init() {
 
 func newFixture(t *testing.T, token string) *fixture {
 	t.Helper()
-	return newFixtureWith(t, model.Default(), token)
+	return newFixtureWith(t, model.Default(), store.NewFile(""), Options{Token: token})
 }
 
-func newFixtureWith(t *testing.T, m *model.Model, token string) *fixture {
+// newFixtureWith serves the API over a controller of m on st, with opts.
+func newFixtureWith(t *testing.T, m *model.Model, st store.Store, opts Options) *fixture {
 	t.Helper()
 	srv := server.New(server.Options{Registerer: prometheus.NewRegistry()})
-	st := control.New(m, store.NewFile(""), srv, nil)
-	if err := st.Start(context.Background()); err != nil {
+	ctl := control.New(m, st, srv, nil)
+	if err := ctl.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	h := NewHandler(Fleet{Controller: st, Server: srv}, Options{Token: token, Registry: prometheus.NewRegistry()})
-	ts := httptest.NewServer(h)
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	ts := httptest.NewServer(NewHandler(Fleet{Controller: ctl, Server: srv}, opts))
 	t.Cleanup(ts.Close)
 
 	doc, err := openapi3.NewLoader().LoadFromData(Spec)
@@ -63,7 +66,7 @@ func newFixtureWith(t *testing.T, m *model.Model, token string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{ts: ts, router: router, st: st}
+	return &fixture{ts: ts, router: router, st: ctl}
 }
 
 // call sends a request and checks the response against openapi.yaml. When
@@ -72,6 +75,13 @@ func newFixtureWith(t *testing.T, m *model.Model, token string) *fixture {
 // with "basic:".
 func (f *fixture) call(t *testing.T, method, path, token, body string, validRequest bool) (int, []byte) {
 	t.Helper()
+	req := f.request(method, path, token, body)
+	resp, data := f.send(t, req, body, validRequest)
+	return resp.StatusCode, data
+}
+
+// request builds a request as the CLI sends it: a JSON body, the token.
+func (f *fixture) request(method, path, token, body string) *http.Request {
 	req, _ := http.NewRequest(method, f.ts.URL+path, strings.NewReader(body))
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
@@ -81,17 +91,25 @@ func (f *fixture) call(t *testing.T, method, path, token, body string, validRequ
 	} else if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
+	return req
+}
+
+// send sends req (whose body is body) and checks the response against
+// openapi.yaml, and the request too when validRequest is set.
+func (f *fixture) send(t *testing.T, req *http.Request, body string, validRequest bool) (*http.Response, []byte) {
+	t.Helper()
 	route, params, err := f.router.FindRoute(req)
 	if err != nil {
-		t.Fatalf("%s %s is not in openapi.yaml: %v", method, path, err)
+		t.Fatalf("%s %s is not in openapi.yaml: %v", req.Method, req.URL.Path, err)
 	}
 	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route,
 		Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
 	if validRequest {
 		if err := openapi3filter.ValidateRequest(context.Background(), in); err != nil {
-			t.Fatalf("request %s %s does not match openapi.yaml: %v", method, path, err)
+			t.Fatalf("request %s %s does not match openapi.yaml: %v", req.Method, req.URL.Path, err)
 		}
-		req.Body = io.NopCloser(strings.NewReader(body))
+		// The validator may have rewritten the body with the defaults.
+		req.Body, req.ContentLength = io.NopCloser(strings.NewReader(body)), int64(len(body))
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -102,9 +120,9 @@ func (f *fixture) call(t *testing.T, method, path, token, body string, validRequ
 	out := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: resp.StatusCode, Header: resp.Header,
 		Body: io.NopCloser(bytes.NewReader(data))}
 	if err := openapi3filter.ValidateResponse(context.Background(), out); err != nil {
-		t.Errorf("%s %s: response %d does not match openapi.yaml: %v\n%s", method, path, resp.StatusCode, err, data)
+		t.Errorf("%s %s: response %d does not match openapi.yaml: %v\n%s", req.Method, req.URL.Path, resp.StatusCode, err, data)
 	}
-	return resp.StatusCode, data
+	return resp, data
 }
 
 // The listeners' view shows TLS settings and the filter config, and a
@@ -116,7 +134,7 @@ func TestListenersAndClustersShowTLS(t *testing.T) {
 		Filter: contract.Config{IdentityBinding: contract.BindingClientID, ProxyProtocolCN: true}})
 	m.Clusters[0].UpstreamTLS = &model.UpstreamTLS{CAFile: "/etc/envoy/brokers/ca.crt", SNI: "emqx.example"}
 	m.SetDefaults()
-	f := newFixtureWith(t, m, "")
+	f := newFixtureWith(t, m, store.NewFile(""), Options{})
 	code, body := f.call(t, "GET", "/v1/listeners", "", "", true)
 	var ll ListenerList
 	if err := json.Unmarshal(body, &ll); err != nil || code != 200 || len(ll.Listeners) != 2 {
@@ -180,7 +198,7 @@ func TestInvalidRequestsChangeNothing(t *testing.T) {
 		msg                      string
 	}{
 		{"malformed JSON", "POST", "/v1/clusters/brokers/endpoints", `{"address": "127.0.0.1", "port": `, 400, "malformed JSON"},
-		{"unknown field", "POST", "/v1/clusters/brokers/endpoints", `{"adress": "127.0.0.1", "port": 1}`, 400, `unknown field "adress"`},
+		{"unknown field", "POST", "/v1/clusters/brokers/endpoints", `{"adress": "127.0.0.1", "port": 1}`, 400, `unknown object member name "adress"`},
 		{"hostname", "POST", "/v1/clusters/brokers/endpoints", `{"address": "broker-4.local", "port": 1883}`, 400, "is not an IP address"},
 		{"port out of range", "POST", "/v1/clusters/brokers/endpoints", `{"address": "127.0.0.1", "port": 70000}`, 400, "out of range 1-65535"},
 		{"port as string", "POST", "/v1/clusters/brokers/endpoints", `{"address": "127.0.0.1", "port": "1883"}`, 400, "malformed JSON"},
@@ -193,10 +211,22 @@ func TestInvalidRequestsChangeNothing(t *testing.T) {
 		{"bare list", "PUT", "/v1/clusters/brokers/endpoints", `[{"address":"127.0.0.1","port":1}]`, 400, "malformed JSON"},
 		{"remove missing", "DELETE", "/v1/clusters/brokers/endpoints/127.0.0.1:9", "", 404, "is not in cluster"},
 		{"remove bad form", "DELETE", "/v1/clusters/brokers/endpoints/127.0.0.1", "", 400, "want ADDRESS:PORT"},
-		{"trailing data", "POST", "/v1/clusters/brokers/endpoints", `{"address":"127.0.0.1","port":2} {}`, 400, "data after"},
 		{"bad name", "POST", "/v1/clusters/brokers/endpoints", `{"name":"b 1","address":"127.0.0.1","port":2}`, 400, `name "b 1" must be`},
 		{"remove unknown name", "DELETE", "/v1/clusters/brokers/endpoints/emqx-9", "", 404, "endpoint emqx-9 is not in cluster"},
 		{"remove with weight", "DELETE", "/v1/clusters/brokers/endpoints/127.0.0.1:18831=2", "", 400, "without a weight"},
+		{"trailing data", "POST", "/v1/clusters/brokers/endpoints", `{"address":"127.0.0.1","port":2} {}`, 400, "after top-level value"},
+		// Issue 9: encoding/json's Decoder took these.
+		{"trailing brackets", "POST", "/v1/clusters/brokers/endpoints", `{"address":"127.0.0.1","port":2}}}]]`, 400, "after top-level value"},
+		{"trailing brackets on a set", "PUT", "/v1/clusters/brokers/endpoints", `{"endpoints":[]}}}]]`, 400, "after top-level value"},
+		{"key in another case", "POST", "/v1/clusters/brokers/endpoints", `{"Address":"127.0.0.1","PORT":2}`, 400, `unknown object member name "Address"`},
+		{"duplicate key", "POST", "/v1/clusters/brokers/endpoints", `{"address":"127.0.0.1","port":2,"port":3}`, 400, `duplicate object member name "port"`},
+		{"duplicate list", "PUT", "/v1/clusters/brokers/endpoints", `{"endpoints":[],"endpoints":[{"address":"127.0.0.1","port":2}]}`, 400, `duplicate object member name "endpoints"`},
+		{"broadcast", "POST", "/v1/clusters/brokers/endpoints", `{"address":"255.255.255.255","port":1883}`, 400, "it is the broadcast address"},
+		{"link-local", "POST", "/v1/clusters/brokers/endpoints", `{"address":"169.254.169.254","port":80}`, 400, "it is link-local"},
+		{"IPv6 link-local", "POST", "/v1/clusters/brokers/endpoints", `{"address":"fe80::1","port":1883}`, 400, "it is link-local"},
+		{"IPv4-mapped", "POST", "/v1/clusters/brokers/endpoints", `{"address":"::ffff:127.0.0.1","port":18831}`, 400, "IPv4-mapped IPv6 address: write it as 127.0.0.1"},
+		{"IPv4-mapped in a set", "PUT", "/v1/clusters/brokers/endpoints", `{"endpoints":[{"address":"127.0.0.1","port":18831},{"address":"::ffff:127.0.0.1","port":18831}]}`, 400, "IPv4-mapped"},
+		{"IPv4-mapped removal", "DELETE", "/v1/clusters/brokers/endpoints/[::ffff:127.0.0.1]:18831", "", 400, "IPv4-mapped"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -306,16 +336,20 @@ func TestClient(t *testing.T) {
 	f := newFixture(t, "tok")
 	c := &Client{BaseURL: f.ts.URL, Token: "tok"}
 	ctx := context.Background()
-	if _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18834}); err != nil {
+	if _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18834}, control.AnyVersion); err != nil {
 		t.Fatal(err)
 	}
-	list, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18831})
-	if err != nil || len(list.Endpoints) != 3 {
+	list, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18831}, 2)
+	if err != nil || len(list.Endpoints) != 3 || list.Version != 3 {
 		t.Fatalf("%v %v", list, err)
 	}
-	_, err = c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18834})
+	_, err = c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18834}, control.AnyVersion)
 	if e, ok := err.(*APIError); !ok || e.Status != 409 {
 		t.Errorf("duplicate add: %v", err)
+	}
+	_, err = c.SetEndpoints(ctx, "brokers", nil, 2)
+	if e, ok := err.(*APIError); !ok || e.Status != 412 {
+		t.Errorf("stale set: %v", err)
 	}
 	if _, err := (&Client{BaseURL: f.ts.URL}).Clusters(ctx); err == nil || !strings.Contains(err.Error(), "HTTP 401") {
 		t.Errorf("no token: %v", err)
@@ -333,7 +367,7 @@ func TestEndpointNames(t *testing.T) {
 		t.Errorf("second emqx-3: %d %s", code, body)
 	}
 	c := &Client{BaseURL: f.ts.URL}
-	list, err := c.RemoveEndpoint(context.Background(), "brokers", model.Endpoint{Name: "emqx-3"})
+	list, err := c.RemoveEndpoint(context.Background(), "brokers", model.Endpoint{Name: "emqx-3"}, control.AnyVersion)
 	if err != nil || len(list.Endpoints) != 3 {
 		t.Errorf("remove by name: %v %v", list, err)
 	}
@@ -363,6 +397,9 @@ func TestDiscoveredClusterRefusesEdits(t *testing.T) {
 		{"DELETE", "/v1/clusters/brokers/endpoints/127.0.0.1:1", ""},
 	} {
 		r, _ := http.NewRequest(req.method, ts.URL+req.path, strings.NewReader(req.body))
+		if req.body != "" {
+			r.Header.Set("Content-Type", "application/json")
+		}
 		resp, err := http.DefaultClient.Do(r)
 		if err != nil {
 			t.Fatal(err)

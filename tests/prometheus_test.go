@@ -25,6 +25,7 @@ import (
 
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/envoyproc"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
 )
 
 // rateInterval stands for Grafana's $__rate_interval: at least four of
@@ -71,7 +72,7 @@ func TestDashboardQueriesReturnData(t *testing.T) {
 	if _, err := cp.client.Status(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cp.client.AddEndpoint(ctx, "brokers", toAPI(brokers[0])[0]); err == nil {
+	if _, err := cp.client.AddEndpoint(ctx, "brokers", toAPI(brokers[0])[0], control.AnyVersion); err == nil {
 		t.Fatal("adding an existing endpoint was accepted") // a 409, counted by route and code
 	}
 

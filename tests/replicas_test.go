@@ -17,6 +17,7 @@ import (
 
 	"github.com/mqtt-sticky/mqtt-sticky/api"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/etcdproc"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 )
 
@@ -54,7 +55,7 @@ func TestReplicasShareOneTruth(t *testing.T) {
 	before := connectAll(t, f.addr, f.brokers, ids, 0)
 	f.checkEnvoysAgree(t, marks, before, len(ids))
 
-	if _, err := a.client.AddEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0]); err != nil {
+	if _, err := a.client.AddEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0], control.AnyVersion); err != nil {
 		t.Fatal(err)
 	}
 	f.waitServed(t, a, f.brokers)
@@ -90,9 +91,9 @@ func TestReplicasShareOneTruth(t *testing.T) {
 		var err error
 		if i%2 == 0 {
 			want = f.brokers[:3]
-			_, err = writer.client.RemoveEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0])
+			_, err = writer.client.RemoveEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0], control.AnyVersion)
 		} else {
-			_, err = writer.client.AddEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0])
+			_, err = writer.client.AddEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0], control.AnyVersion)
 		}
 		if err != nil {
 			t.Fatal(err)
@@ -147,7 +148,7 @@ func TestReplicasConflictingWrites(t *testing.T) {
 		// second (already there).
 		same := ep(round, 0)
 		errs := both(func(cp *controlPlane, _ int) error {
-			_, err := cp.client.AddEndpoint(ctx, "brokers", same)
+			_, err := cp.client.AddEndpoint(ctx, "brokers", same, control.AnyVersion)
 			return err
 		})
 		if wins := winners(t, errs); wins != 1 {
@@ -159,7 +160,7 @@ func TestReplicasConflictingWrites(t *testing.T) {
 		// Different endpoints through each: a change refused with 409 is
 		// not stored, one acknowledged is, whichever came first.
 		errs = both(func(cp *controlPlane, i int) error {
-			_, err := cp.client.AddEndpoint(ctx, "brokers", ep(round, i+1))
+			_, err := cp.client.AddEndpoint(ctx, "brokers", ep(round, i+1), control.AnyVersion)
 			return err
 		})
 		for i, err := range errs {
@@ -295,7 +296,7 @@ func TestReplicaFailover(t *testing.T) {
 	}
 
 	// Changes through the survivor reach both Envoys.
-	if _, err := survivor.client.RemoveEndpoint(ctx, "brokers", toAPI(f.brokers[2])[0]); err != nil {
+	if _, err := survivor.client.RemoveEndpoint(ctx, "brokers", toAPI(f.brokers[2])[0], control.AnyVersion); err != nil {
 		t.Fatal(err)
 	}
 	f.waitServed(t, survivor, f.brokers[:2])
@@ -360,11 +361,11 @@ func TestEtcdQuorumLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	leader.Kill()
-	if _, err := a.client.AddEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0]); err != nil {
+	if _, err := a.client.AddEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0], control.AnyVersion); err != nil {
 		t.Fatalf("write with the etcd leader %s down: %v", leader.Name, err)
 	}
 	f.waitServed(t, b, f.brokers)
-	if _, err := b.client.RemoveEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0]); err != nil {
+	if _, err := b.client.RemoveEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0], control.AnyVersion); err != nil {
 		t.Fatalf("write through B with one etcd member down: %v", err)
 	}
 	f.waitServed(t, a, f.brokers[:3])
@@ -382,7 +383,7 @@ func TestEtcdQuorumLoss(t *testing.T) {
 		waitHealthz(t, cp, "degraded")
 	}
 	start := time.Now()
-	_, err = a.client.AddEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0])
+	_, err = a.client.AddEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0], control.AnyVersion)
 	var apiErr *api.APIError
 	if !errors.As(err, &apiErr) || apiErr.Status != http.StatusServiceUnavailable || !strings.Contains(apiErr.Message, "etcd") {
 		t.Fatalf("write without an etcd quorum: %v", err)
@@ -434,10 +435,10 @@ func TestEtcdQuorumLoss(t *testing.T) {
 		var err error
 		want := f.brokers
 		if has4 {
-			_, err = cp.client.RemoveEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0])
+			_, err = cp.client.RemoveEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0], control.AnyVersion)
 			want = f.brokers[:3]
 		} else {
-			_, err = cp.client.AddEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0])
+			_, err = cp.client.AddEndpoint(ctx, "brokers", toAPI(f.brokers[3])[0], control.AnyVersion)
 		}
 		if err != nil {
 			t.Fatalf("write %d through %s after the quorum returned: %v", i+1, cp.name, err)
@@ -459,7 +460,7 @@ func TestEtcdQuorumLoss(t *testing.T) {
 func TestRestartEverythingFromEtcd(t *testing.T) {
 	f := startReplicaFleet(t, 3, true)
 	ctx := context.Background()
-	if _, err := f.replicas[1].client.RemoveEndpoint(ctx, "brokers", toAPI(f.brokers[2])[0]); err != nil {
+	if _, err := f.replicas[1].client.RemoveEndpoint(ctx, "brokers", toAPI(f.brokers[2])[0], control.AnyVersion); err != nil {
 		t.Fatal(err)
 	}
 	f.waitServed(t, f.replicas[0], f.brokers[:2])
@@ -516,11 +517,11 @@ func TestStoreCopyBetweenFileAndEtcd(t *testing.T) {
 	statePath := filepath.Join(dir, "state.json")
 	single := startControlPlane(t, cfg, statePath)
 	ctx := context.Background()
-	if _, err := single.client.RemoveEndpoint(ctx, "brokers", toAPI(brokers[2])[0]); err != nil {
+	if _, err := single.client.RemoveEndpoint(ctx, "brokers", toAPI(brokers[2])[0], control.AnyVersion); err != nil {
 		t.Fatal(err)
 	}
 	e := model.Endpoint{Address: brokers[2].Addr()[:strings.LastIndex(brokers[2].Addr(), ":")], Port: 18831, Weight: 3}
-	if _, err := single.client.AddEndpoint(ctx, "brokers", e); err != nil {
+	if _, err := single.client.AddEndpoint(ctx, "brokers", e, control.AnyVersion); err != nil {
 		t.Fatal(err)
 	}
 	want, err := single.client.Endpoints(ctx, "brokers")

@@ -17,6 +17,7 @@ import (
 
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/broker"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
 )
 
 // healthOpts are the cluster options of the xDS tests: fast MQTT probes,
@@ -46,7 +47,7 @@ func TestEndpointChangesMoveFewClients(t *testing.T) {
 
 			// Add a fourth broker, and measure until a client is routed to it.
 			start := time.Now()
-			if _, err := cp.client.AddEndpoint(ctx, "brokers", toAPI(b4)[0]); err != nil {
+			if _, err := cp.client.AddEndpoint(ctx, "brokers", toAPI(b4)[0], control.AnyVersion); err != nil {
 				t.Fatal(err)
 			}
 			apiTook := time.Since(start)
@@ -88,7 +89,7 @@ func TestEndpointChangesMoveFewClients(t *testing.T) {
 			checkStrays(t, policy, "adding a broker", strays, len(ids))
 
 			// Remove it again: everyone is back where they started.
-			if _, err := cp.client.RemoveEndpoint(ctx, "brokers", toAPI(b4)[0]); err != nil {
+			if _, err := cp.client.RemoveEndpoint(ctx, "brokers", toAPI(b4)[0], control.AnyVersion); err != nil {
 				t.Fatal(err)
 			}
 			envoy.waitHosts(t, cp, brokers[:3], 10*time.Second)
@@ -100,7 +101,7 @@ func TestEndpointChangesMoveFewClients(t *testing.T) {
 			}
 
 			// Remove an original broker: only its clients move.
-			if _, err := cp.client.RemoveEndpoint(ctx, "brokers", toAPI(b2)[0]); err != nil {
+			if _, err := cp.client.RemoveEndpoint(ctx, "brokers", toAPI(b2)[0], control.AnyVersion); err != nil {
 				t.Fatal(err)
 			}
 			envoy.waitHosts(t, cp, []*broker.Broker{b1, b3}, 10*time.Second)
@@ -278,7 +279,7 @@ func TestControlPlaneRestart(t *testing.T) {
 
 	// Change the endpoints so the restart has persisted state to restore:
 	// drop the third broker.
-	if _, err := cp.client.SetEndpoints(ctx, "brokers", toAPI(brokers[0], brokers[1])); err != nil {
+	if _, err := cp.client.SetEndpoints(ctx, "brokers", toAPI(brokers[0], brokers[1]), control.AnyVersion); err != nil {
 		t.Fatal(err)
 	}
 	envoy.waitHosts(t, cp, brokers[:2], 10*time.Second)

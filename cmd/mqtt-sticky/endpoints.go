@@ -6,11 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/mqtt-sticky/mqtt-sticky/api"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/server"
 )
@@ -26,38 +28,54 @@ stable identity: the consistent hash uses it instead of the address, so a
 broker that returns on a new address under the same name keeps its
 clients (emqx-0@10.0.0.11:1883).
 
+A change made after reading the list can be made conditional on nobody
+having changed anything since: list prints the version, and
+--if-version N applies the change only while the version is still N
+(the API's If-Match); otherwise it fails with HTTP 412 and changes nothing.
+
 flags:`
 
 type clientFlags struct {
-	api, token, cluster string
-	json                bool
+	api, token, tokenFile, cluster string
+	json                           bool
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.api, "api", envOr("MQTT_STICKY_API", "http://127.0.0.1:8080"), "management API URL (env MQTT_STICKY_API)")
-	fs.StringVar(&c.token, "token", envOr("MQTT_STICKY_API_TOKEN", ""), "API bearer token (env MQTT_STICKY_API_TOKEN)")
+	fs.StringVar(&c.token, "token", envOr(api.TokenEnv, ""), "API bearer token (env "+api.TokenEnv+"; the flag shows it in ps, prefer the variable or --token-file)")
+	fs.StringVar(&c.tokenFile, "token-file", "", "file holding the API bearer token")
 	fs.StringVar(&c.cluster, "cluster", "brokers", "broker cluster")
 	fs.BoolVar(&c.json, "json", false, "print the API's JSON answer")
 }
 
-func (c *clientFlags) client() *api.Client {
+func (c *clientFlags) client() (*api.Client, error) {
 	base := c.api
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
 	}
-	return &api.Client{BaseURL: base, Token: c.token}
+	token := c.token
+	if c.tokenFile != "" {
+		data, err := os.ReadFile(c.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		token = strings.TrimSpace(string(data))
+	}
+	return &api.Client{BaseURL: base, Token: token}, nil
 }
 
 func runEndpoints(args []string, stdout, stderr io.Writer) error {
 	var cf clientFlags
 	var weight uint
 	var name string
+	var ifVersion uint64
 	fs := flag.NewFlagSet("endpoints", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprintln(stderr, endpointsUsage); fs.PrintDefaults() }
 	cf.register(fs)
 	fs.UintVar(&weight, "weight", 1, "weight of the endpoint to add (1-128)")
 	fs.StringVar(&name, "name", "", "name of the endpoint to add (its stable identity); same as NAME@ADDRESS:PORT")
+	fs.Uint64Var(&ifVersion, "if-version", control.AnyVersion, "change only if the served version is still N, as `endpoints list` printed it (0: whatever the version)")
 	rest, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -68,12 +86,18 @@ func runEndpoints(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	c := cf.client()
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
 	var list *api.EndpointList
 	switch sub, operands := rest[0], rest[1:]; sub {
 	case "list":
 		if len(operands) != 0 {
 			return fmt.Errorf("%w: list takes no arguments", errUsage)
+		}
+		if ifVersion != control.AnyVersion {
+			return fmt.Errorf("%w: --if-version applies to add, remove and set", errUsage)
 		}
 		list, err = c.Endpoints(ctx, cf.cluster)
 	case "add":
@@ -92,7 +116,7 @@ func runEndpoints(args []string, stdout, stderr io.Writer) error {
 		} else if name != "" {
 			e.Name = name
 		}
-		list, err = c.AddEndpoint(ctx, cf.cluster, e)
+		list, err = c.AddEndpoint(ctx, cf.cluster, e, ifVersion)
 	case "remove":
 		if len(operands) != 1 {
 			return fmt.Errorf("%w: remove takes one ADDRESS:PORT or NAME", errUsage)
@@ -101,7 +125,7 @@ func runEndpoints(args []string, stdout, stderr io.Writer) error {
 		if perr != nil {
 			return fmt.Errorf("%w: %v", errUsage, perr)
 		}
-		list, err = c.RemoveEndpoint(ctx, cf.cluster, e)
+		list, err = c.RemoveEndpoint(ctx, cf.cluster, e, ifVersion)
 	case "set":
 		eps := []model.Endpoint{}
 		for _, op := range operands {
@@ -111,7 +135,7 @@ func runEndpoints(args []string, stdout, stderr io.Writer) error {
 			}
 			eps = append(eps, e)
 		}
-		list, err = c.SetEndpoints(ctx, cf.cluster, eps)
+		list, err = c.SetEndpoints(ctx, cf.cluster, eps, ifVersion)
 	default:
 		return fmt.Errorf("%w: unknown subcommand %q: use list, add, remove or set", errUsage, sub)
 	}
@@ -154,7 +178,11 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	st, err := cf.client().Status(ctx)
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	st, err := c.Status(ctx)
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,11 @@ func runListeners(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	list, err := cf.client().Listeners(ctx)
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	list, err := c.Listeners(ctx)
 	if err != nil {
 		return err
 	}

@@ -35,16 +35,17 @@ const (
 )
 
 type serveOptions struct {
-	file       *model.File // used instead of configPath when set
-	configPath string
-	xdsListen  string
-	maxNodes   int
-	nodeGrace  time.Duration
-	apiListen  string
-	stateFile  string
-	noState    bool
-	token      string
-	logLevel   string
+	file        *model.File // used instead of configPath when set
+	configPath  string
+	xdsListen   string
+	maxNodes    int
+	nodeGrace   time.Duration
+	apiListen   string
+	stateFile   string
+	noState     bool
+	token       string
+	metricsAuth bool
+	logLevel    string
 	// healthPoll is how often the Envoy nodes' admin /clusters is read
 	// for their view of broker health; 0 turns it off.
 	healthPoll time.Duration
@@ -66,6 +67,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.stateFile, "state", "", "state file keeping endpoint changes across restarts (default from the config file, else "+defaultStateFile+")")
 	fs.BoolVar(&o.noState, "no-state", false, "do not persist endpoint changes")
 	fs.StringVar(&o.token, "api-token", os.Getenv("MQTT_STICKY_API_TOKEN"), "bearer token the API requires (env MQTT_STICKY_API_TOKEN); required when the API listens beyond loopback")
+	fs.BoolVar(&o.metricsAuth, "metrics-require-token", false, "put /metrics behind the API token too")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&o.healthPoll, "health-poll", defaultHealthPoll, "how often to read broker health from the admin /clusters of Envoy nodes that advertise admin_address in their node metadata; 0 turns it off")
 	fs.StringVar(&o.storeType, "store", "", "where endpoint changes are kept: file (the state file; default) or etcd (shared by several replicas)")
@@ -112,6 +114,9 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, ready func(xds
 	if o.maxNodes < 0 || o.nodeGrace < 0 {
 		return fmt.Errorf("%w: --xds-max-nodes and --xds-node-grace cannot be negative", errUsage)
 	}
+	if o.metricsAuth && o.token == "" {
+		return fmt.Errorf("%w: --metrics-require-token needs an API token", errUsage)
+	}
 	if o.token == "" && !isLoopback(apiAddr) {
 		return fmt.Errorf("%w: the API listens on %s, beyond loopback: set --api-token or MQTT_STICKY_API_TOKEN", errUsage, apiAddr)
 	}
@@ -157,10 +162,9 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, ready func(xds
 		xdsLis.Close()
 		return fmt.Errorf("API listener: %w", err)
 	}
-	httpSrv := &http.Server{
-		Handler:           api.NewHandler(fleet, api.Options{Token: o.token, Logger: log, Registry: reg}),
-		ReadHeaderTimeout: 10 * time.Second,
-	}
+	httpSrv := api.NewServer(api.NewHandler(fleet, api.Options{
+		Token: o.token, MetricsNeedToken: o.metricsAuth, ListenAddr: apiAddr, Logger: log, Registry: reg,
+	}))
 	log.Info("mqtt-sticky serve", append([]any{"xds", xdsLis.Addr().String(), "api", apiLis.Addr().String()}, append(b.describe,
 		"version", ctl.Version(), "clusters", len(file.Clusters), "token_required", o.token != "")...)...)
 

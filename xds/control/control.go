@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 
@@ -25,7 +26,21 @@ import (
 var (
 	ErrNotFound = errors.New("not found")
 	ErrConflict = errors.New("conflict")
+	// ErrVersionMismatch refuses a conditional change (see AnyVersion)
+	// whose expected version is no longer the current one.
+	ErrVersionMismatch = errors.New("version mismatch")
+	// ErrVersionExhausted refuses a change when the version counter is at
+	// its maximum: the next version would wrap to 0, which every Envoy and
+	// every store would take for an old one.
+	ErrVersionExhausted = errors.New("version counter exhausted")
 )
+
+// AnyVersion, given as a change's expected version, applies the change
+// whatever the current version. Any other value makes the change
+// conditional: it applies only if the served version, and the stored one
+// it is compared and swapped with, is still that value. This is how the
+// API honours If-Match. Versions start at 1, so 0 is never a real one.
+const AnyVersion uint64 = 0
 
 // Server is the part of the xDS server a change goes through: package
 // server implements it.
@@ -115,6 +130,10 @@ func (c *Controller) Model() *model.Model {
 	return m
 }
 
+// Served returns a copy of the served model and its version, read
+// together.
+func (c *Controller) Served() (*model.Model, uint64) { return c.srv.Served() }
+
 // Version is the served version.
 func (c *Controller) Version() uint64 {
 	_, v := c.srv.Served()
@@ -133,22 +152,23 @@ func (c *Controller) Endpoints(cluster string) ([]model.Endpoint, uint64, error)
 	return eps, version, nil
 }
 
-// SetEndpoints replaces a cluster's endpoints.
-func (c *Controller) SetEndpoints(ctx context.Context, cluster string, eps []model.Endpoint) (uint64, error) {
-	return c.change(ctx, cluster, handEdit(func(cl *model.Cluster) error {
+// SetEndpoints replaces a cluster's endpoints, if the version is still
+// ifVersion (or ifVersion is AnyVersion).
+func (c *Controller) SetEndpoints(ctx context.Context, cluster string, eps []model.Endpoint, ifVersion uint64) (uint64, error) {
+	return c.change(ctx, cluster, ifVersion, handEdit(func(cl *model.Cluster) error {
 		cl.Endpoints = slices.Clone(eps)
 		return nil
 	}))
 }
 
 // AddEndpoint adds one endpoint; adding one whose address or name is
-// taken is a conflict.
-func (c *Controller) AddEndpoint(ctx context.Context, cluster string, ep model.Endpoint) (uint64, error) {
+// taken is a conflict. See SetEndpoints for ifVersion.
+func (c *Controller) AddEndpoint(ctx context.Context, cluster string, ep model.Endpoint, ifVersion uint64) (uint64, error) {
 	ep, err := checked(ep)
 	if err != nil {
 		return 0, err
 	}
-	return c.change(ctx, cluster, handEdit(func(cl *model.Cluster) error {
+	return c.change(ctx, cluster, ifVersion, handEdit(func(cl *model.Cluster) error {
 		for _, e := range cl.Endpoints {
 			if e.Key() == ep.Key() {
 				return fmt.Errorf("%w: endpoint %s is already in cluster %q", ErrConflict, ep.Key(), cluster)
@@ -163,15 +183,16 @@ func (c *Controller) AddEndpoint(ctx context.Context, cluster string, ep model.E
 }
 
 // RemoveEndpoint removes the endpoint ref names (model.ParseEndpointRef):
-// by address and port, by name, or by both.
-func (c *Controller) RemoveEndpoint(ctx context.Context, cluster string, ref model.Endpoint) (uint64, error) {
+// by address and port, by name, or by both. See SetEndpoints for
+// ifVersion.
+func (c *Controller) RemoveEndpoint(ctx context.Context, cluster string, ref model.Endpoint, ifVersion uint64) (uint64, error) {
 	if ref.Address != "" {
 		var err error
 		if ref, err = checked(ref); err != nil {
 			return 0, err
 		}
 	}
-	return c.change(ctx, cluster, handEdit(func(cl *model.Cluster) error {
+	return c.change(ctx, cluster, ifVersion, handEdit(func(cl *model.Cluster) error {
 		i := slices.IndexFunc(cl.Endpoints, func(e model.Endpoint) bool { return e.Refers(ref) })
 		if i < 0 {
 			return fmt.Errorf("%w: endpoint %s is not in cluster %q", ErrNotFound, refString(ref), cluster)
@@ -223,7 +244,7 @@ func (c *Controller) SetDiscovered(ctx context.Context, cluster string, eps []mo
 	if slices.Equal(cl.Endpoints, next) {
 		return version, false, nil
 	}
-	version, err = c.change(ctx, cluster, func(cl *model.Cluster) error {
+	version, err = c.change(ctx, cluster, AnyVersion, func(cl *model.Cluster) error {
 		if slices.Equal(cl.Endpoints, next) {
 			return errUnchanged
 		}
@@ -251,10 +272,13 @@ func checked(ep model.Endpoint) (model.Endpoint, error) {
 // change applies edit to a copy of the served cluster, then validates,
 // translates, persists and serves the result, in that order. On any error
 // nothing is served and nothing is stored.
-func (c *Controller) change(ctx context.Context, cluster string, edit func(*model.Cluster) error) (uint64, error) {
+func (c *Controller) change(ctx context.Context, cluster string, ifVersion uint64, edit func(*model.Cluster) error) (uint64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	served, version := c.srv.Served()
+	if err := nextVersionAllowed(version, ifVersion); err != nil {
+		return 0, err
+	}
 	next, err := edited(served, cluster, edit)
 	if err != nil {
 		return 0, err
@@ -264,10 +288,28 @@ func (c *Controller) change(ctx context.Context, cluster string, edit func(*mode
 		return 0, err
 	}
 	if err := c.store.CompareAndSwap(ctx, version, store.StateOf(next, version+1)); err != nil {
+		if ifVersion != AnyVersion && errors.Is(err, store.ErrStale) {
+			// Another writer got there first: the version the caller
+			// expected is gone.
+			return 0, fmt.Errorf("%w: %w", ErrVersionMismatch, err)
+		}
 		return 0, err
 	}
 	commit()
 	return version + 1, nil
+}
+
+// nextVersionAllowed checks that a change may follow the current version:
+// the caller's expectation holds, and the counter has room.
+func nextVersionAllowed(current, ifVersion uint64) error {
+	if ifVersion != AnyVersion && ifVersion != current {
+		return fmt.Errorf("%w: the current version is %d, the change was made against %d: read again, then retry", ErrVersionMismatch, current, ifVersion)
+	}
+	if current == math.MaxUint64 {
+		return fmt.Errorf("%w: version %d is the last one: stop the control plane and set the state file's version to 1 "+
+			"(Envoys take any new version string), then start it again", ErrVersionExhausted, current)
+	}
+	return nil
 }
 
 // edited returns a validated copy of m with edit applied to one cluster.

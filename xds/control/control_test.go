@@ -3,8 +3,11 @@ package control
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -31,10 +34,10 @@ func start(t *testing.T, st store.Store) (*Controller, *server.Server) {
 func TestChangesArePersistedAndRestored(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.json")
 	c, _ := start(t, store.NewFile(path))
-	if _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18834, Weight: 2}); err != nil {
+	if _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18834, Weight: 2}, AnyVersion); err != nil {
 		t.Fatal(err)
 	}
-	v, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18831})
+	v, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18831}, AnyVersion)
 	if err != nil || v != 3 || c.Version() != 3 {
 		t.Fatalf("version %d, served %d, %v", v, c.Version(), err)
 	}
@@ -51,7 +54,7 @@ func TestChangesArePersistedAndRestored(t *testing.T) {
 func TestInvalidChangesChangeNothing(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.json")
 	c, _ := start(t, store.NewFile(path))
-	if _, err := c.SetEndpoints(ctx, "brokers", []model.Endpoint{{Address: "127.0.0.1", Port: 1}}); err != nil {
+	if _, err := c.SetEndpoints(ctx, "brokers", []model.Endpoint{{Address: "127.0.0.1", Port: 1}}, AnyVersion); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := os.ReadFile(path)
@@ -61,15 +64,15 @@ func TestInvalidChangesChangeNothing(t *testing.T) {
 		do   func() error
 		want error
 	}{
-		{"unknown cluster", func() error { _, err := c.AddEndpoint(ctx, "nope", ep("127.0.0.1", 2)); return err }, ErrNotFound},
-		{"duplicate", func() error { _, err := c.AddEndpoint(ctx, "brokers", ep("127.0.0.1", 1)); return err }, ErrConflict},
-		{"bad address", func() error { _, err := c.AddEndpoint(ctx, "brokers", ep("broker-1", 2)); return err }, model.ErrInvalid},
-		{"bad port", func() error { _, err := c.AddEndpoint(ctx, "brokers", ep("127.0.0.1", 65536)); return err }, model.ErrInvalid},
+		{"unknown cluster", func() error { _, err := c.AddEndpoint(ctx, "nope", ep("127.0.0.1", 2), AnyVersion); return err }, ErrNotFound},
+		{"duplicate", func() error { _, err := c.AddEndpoint(ctx, "brokers", ep("127.0.0.1", 1), AnyVersion); return err }, ErrConflict},
+		{"bad address", func() error { _, err := c.AddEndpoint(ctx, "brokers", ep("broker-1", 2), AnyVersion); return err }, model.ErrInvalid},
+		{"bad port", func() error { _, err := c.AddEndpoint(ctx, "brokers", ep("127.0.0.1", 65536), AnyVersion); return err }, model.ErrInvalid},
 		{"duplicate in a set", func() error {
-			_, err := c.SetEndpoints(ctx, "brokers", []model.Endpoint{ep("127.0.0.1", 5), ep("127.0.0.1", 5)})
+			_, err := c.SetEndpoints(ctx, "brokers", []model.Endpoint{ep("127.0.0.1", 5), ep("127.0.0.1", 5)}, AnyVersion)
 			return err
 		}, model.ErrInvalid},
-		{"remove missing", func() error { _, err := c.RemoveEndpoint(ctx, "brokers", ep("127.0.0.1", 9)); return err }, ErrNotFound},
+		{"remove missing", func() error { _, err := c.RemoveEndpoint(ctx, "brokers", ep("127.0.0.1", 9), AnyVersion); return err }, ErrNotFound},
 	} {
 		if err := tt.do(); !errors.Is(err, tt.want) {
 			t.Errorf("%s: %v, want %v", tt.name, err, tt.want)
@@ -84,7 +87,7 @@ func TestInvalidChangesChangeNothing(t *testing.T) {
 // When the store cannot persist a change, it is not served.
 func TestUnpersistedChangeIsNotServed(t *testing.T) {
 	c, srv := start(t, store.NewFile(filepath.Join(t.TempDir(), "missing-dir", "state.json")))
-	if _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 2}); err == nil {
+	if _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 2}, AnyVersion); err == nil {
 		t.Fatal("accepted")
 	}
 	if m, v := srv.Served(); v != 1 || len(m.Cluster("brokers").Endpoints) != 3 {
@@ -105,7 +108,7 @@ func TestRefusedChangeIsNotPersisted(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.json")
 	_, srv := start(t, store.NewFile(path))
 	c := New(model.Default(), store.NewFile(path), refusingServer{srv}, nil)
-	if _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 2}); err == nil {
+	if _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 2}, AnyVersion); err == nil {
 		t.Fatal("accepted")
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
@@ -145,16 +148,16 @@ func TestChangesMadeElsewhereAreServed(t *testing.T) {
 func TestEndpointNames(t *testing.T) {
 	c, _ := start(t, store.NewFile(""))
 	b1 := model.Endpoint{Name: "b1", Address: "127.0.0.1", Port: 18834}
-	if _, err := c.AddEndpoint(ctx, "brokers", b1); err != nil {
+	if _, err := c.AddEndpoint(ctx, "brokers", b1, AnyVersion); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Name: "b1", Address: "127.0.0.1", Port: 18835}); !errors.Is(err, ErrConflict) {
+	if _, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Name: "b1", Address: "127.0.0.1", Port: 18835}, AnyVersion); !errors.Is(err, ErrConflict) {
 		t.Errorf("second endpoint named b1: %v, want a conflict", err)
 	}
-	if _, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Name: "b2"}); !errors.Is(err, ErrNotFound) {
+	if _, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Name: "b2"}, AnyVersion); !errors.Is(err, ErrNotFound) {
 		t.Errorf("removing unknown name b2: %v, want not found", err)
 	}
-	if _, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Name: "b1"}); err != nil {
+	if _, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Name: "b1"}, AnyVersion); err != nil {
 		t.Fatal(err)
 	}
 	eps, _, _ := c.Endpoints("brokers")
@@ -186,13 +189,13 @@ func TestDiscoveredCluster(t *testing.T) {
 		t.Fatalf("same set: version %d, changed %v, served %d, %v", v, changed, c.Version(), err)
 	}
 	for name, edit := range map[string]func() error{
-		"set": func() error { _, err := c.SetEndpoints(ctx, "brokers", nil); return err },
+		"set": func() error { _, err := c.SetEndpoints(ctx, "brokers", nil, AnyVersion); return err },
 		"add": func() error {
-			_, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "10.0.0.3", Port: 1883})
+			_, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "10.0.0.3", Port: 1883}, AnyVersion)
 			return err
 		},
 		"remove": func() error {
-			_, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Address: "10.0.0.1", Port: 1883})
+			_, err := c.RemoveEndpoint(ctx, "brokers", model.Endpoint{Address: "10.0.0.1", Port: 1883}, AnyVersion)
 			return err
 		},
 	} {
@@ -206,5 +209,67 @@ func TestDiscoveredCluster(t *testing.T) {
 	// An invalid discovered set (a duplicate) is refused and changes nothing.
 	if _, _, err := c.SetDiscovered(ctx, "brokers", append(same, same[0])); !errors.Is(err, model.ErrInvalid) || c.Version() != 2 {
 		t.Errorf("duplicate in a discovered set: %v, version %d", err, c.Version())
+	}
+}
+
+// A conditional change applies only at the version it was made against:
+// a stale expectation is refused and changes nothing, whether the
+// controller or the store notices.
+func TestConditionalChanges(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	c, _ := start(t, store.NewFile(path))
+	ep := model.Endpoint{Address: "127.0.0.1", Port: 18834}
+	if v, err := c.AddEndpoint(ctx, "brokers", ep, 1); err != nil || v != 2 {
+		t.Fatalf("change against the current version: %d %v", v, err)
+	}
+	before, _ := os.ReadFile(path)
+	if _, err := c.RemoveEndpoint(ctx, "brokers", ep, 1); !errors.Is(err, ErrVersionMismatch) {
+		t.Errorf("change against version 1 at version 2: %v, want ErrVersionMismatch", err)
+	}
+	if after, _ := os.ReadFile(path); string(after) != string(before) || c.Version() != 2 {
+		t.Errorf("a refused conditional change changed the state: version %d", c.Version())
+	}
+
+	// The store moved on behind the controller's back (another replica):
+	// the compare-and-swap fails, and a conditional change reports a
+	// mismatch.
+	st := &staleStore{store.NewFile("")}
+	c2, _ := start(t, st)
+	if _, err := c2.SetEndpoints(ctx, "brokers", nil, 1); !errors.Is(err, ErrVersionMismatch) || !errors.Is(err, store.ErrStale) {
+		t.Errorf("stale store under a conditional change: %v, want ErrVersionMismatch and ErrStale", err)
+	}
+	if _, err := c2.SetEndpoints(ctx, "brokers", nil, AnyVersion); errors.Is(err, ErrVersionMismatch) || !errors.Is(err, store.ErrStale) {
+		t.Errorf("stale store under an unconditional change: %v, want ErrStale alone", err)
+	}
+}
+
+// staleStore fails every write as if another writer had stored first.
+type staleStore struct{ *store.File }
+
+func (staleStore) CompareAndSwap(context.Context, uint64, store.State) error {
+	return fmt.Errorf("%w: someone else wrote", store.ErrStale)
+}
+
+// A state file at the last version loads and is served, but no change can
+// follow it: version MaxUint64+1 would wrap to 0.
+func TestVersionCannotWrap(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	state := fmt.Sprintf(`{"version": %d, "clusters": {"brokers": [{"address": "127.0.0.1", "port": 18831, "weight": 1}]}}`, uint64(math.MaxUint64))
+	if err := os.WriteFile(path, []byte(state), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, srv := start(t, store.NewFile(path))
+	if v := c.Version(); v != math.MaxUint64 {
+		t.Fatalf("served version %d", v)
+	}
+	_, err := c.AddEndpoint(ctx, "brokers", model.Endpoint{Address: "127.0.0.1", Port: 18832}, AnyVersion)
+	if !errors.Is(err, ErrVersionExhausted) || !strings.Contains(err.Error(), "state file") {
+		t.Errorf("change at MaxUint64: %v, want ErrVersionExhausted saying what to do", err)
+	}
+	if _, v := srv.Served(); v != math.MaxUint64 {
+		t.Errorf("served version %d after a refused change", v)
+	}
+	if after, _ := os.ReadFile(path); string(after) != state {
+		t.Errorf("state file rewritten: %s", after)
 	}
 }
