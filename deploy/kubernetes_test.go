@@ -168,20 +168,28 @@ func checkControlPlane(t *testing.T, m *manifests) *model.File {
 		t.Errorf("control plane: %v replicas, strategy %q; the file store needs exactly 1 and Recreate", d.Spec.Replicas, d.Spec.Strategy.Type)
 	}
 
-	// The API listens beyond loopback, so it needs the token, from the
-	// Secret.
-	var token *corev1.EnvVar
-	for i := range c.Env {
-		if c.Env[i].Name == "MQTT_STICKY_API_TOKEN" {
-			token = &c.Env[i]
+	// The API listens beyond loopback, so it needs the token: a file
+	// from a Secret (not an environment variable). xDS listens beyond
+	// loopback too, so it runs over mutual TLS, with files from a Secret.
+	if cfg.APITokenFile == "" {
+		t.Error("the API listens beyond loopback without api_token_file")
+	} else {
+		secretFile(t, m, d, c, cfg.APITokenFile)
+	}
+	for _, e := range c.Env {
+		if e.Name == "MQTT_STICKY_API_TOKEN" {
+			t.Error("the API token is in the environment; give it as api_token_file")
 		}
 	}
-	if token == nil || token.ValueFrom == nil || token.ValueFrom.SecretKeyRef == nil {
-		t.Error("MQTT_STICKY_API_TOKEN does not come from a Secret")
-	} else if s := m.secrets[token.ValueFrom.SecretKeyRef.Name]; s == nil {
-		t.Errorf("Secret %s is not in the manifests", token.ValueFrom.SecretKeyRef.Name)
-	} else if _, ok := s.StringData[token.ValueFrom.SecretKeyRef.Key]; !ok {
-		t.Errorf("Secret %s has no key %s", s.Name, token.ValueFrom.SecretKeyRef.Key)
+	if x := cfg.XDSTLS; !x.RequireClientCert {
+		t.Error("xDS listens beyond loopback without mutual TLS (xds_tls.require_client_cert)")
+	} else {
+		server := secretFile(t, m, d, c, x.CertFile)
+		for _, f := range []string{x.KeyFile, x.ClientCAFile} {
+			if s := secretFile(t, m, d, c, f); s != server {
+				t.Errorf("%s is not in the certificate's Secret %s", f, server.Name)
+			}
+		}
 	}
 
 	// Ports: the config's listen addresses, the container's named ports,
@@ -254,9 +262,10 @@ func checkEnvoy(t *testing.T, m *manifests, cp *model.File) {
 		t.Errorf("envoy image %s, the Dockerfile builds it on Envoy %s", c.Image, envoyVersion)
 	}
 
-	// The bootstrap is envoy/bootstrap.yaml but for the control plane's
-	// address and the stats listener.
-	raw, err := os.ReadFile(filepath.Join("..", "envoy", "bootstrap.yaml"))
+	// The bootstrap is envoy/bootstrap-mtls.yaml but for the control
+	// plane's address and name, the certificate files, and the stats
+	// listener.
+	raw, err := os.ReadFile(filepath.Join("..", "envoy", "bootstrap-mtls.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,8 +294,10 @@ func checkEnvoy(t *testing.T, m *manifests, cp *model.File) {
 	}
 	delete(get(t, xds, "load_assignment", "endpoints", 0, "lb_endpoints", 0, "endpoint", "address").(map[string]any), "socket_address")
 	delete(get(t, refXDS, "load_assignment", "endpoints", 0, "lb_endpoints", 0, "endpoint", "address").(map[string]any), "socket_address")
+	checkEnvoyTLS(t, m, d, c, xds, wantHost)
+	checkEnvoyTLS(t, m, nil, nil, refXDS, "")
 	if !reflect.DeepEqual(xds, refXDS) {
-		t.Errorf("bootstrap xds cluster differs from envoy/bootstrap.yaml's beyond its address:\n%v\n%v", xds, refXDS)
+		t.Errorf("bootstrap xds cluster differs from envoy/bootstrap-mtls.yaml's beyond its address, name and files:\n%v\n%v", xds, refXDS)
 	}
 
 	// The stats listener proxies only /clusters, /ready and
@@ -345,6 +356,54 @@ func checkEnvoy(t *testing.T, m *manifests, cp *model.File) {
 	}
 	pdb := mustGet(t, m.disruptions, "mqtt-sticky-envoy")
 	checkSelects(t, "PodDisruptionBudget", pdb.Spec.Selector.MatchLabels, d.Spec.Template.Labels)
+}
+
+// checkEnvoyTLS checks the xds cluster's TLS: the server name it asks for
+// and checks is the control plane's Service, and its certificate, key and
+// CA are files of one Secret the container mounts. It then removes these,
+// so the rest of the cluster can be compared with envoy/bootstrap-mtls.yaml's.
+// With d nil (that reference file), it only removes them.
+func checkEnvoyTLS(t *testing.T, m *manifests, d *appsv1.Deployment, c *corev1.Container, xds map[string]any, host string) {
+	t.Helper()
+	tlsCtx := get(t, xds, "transport_socket", "typed_config").(map[string]any)
+	common := tlsCtx["common_tls_context"]
+	files := []map[string]any{
+		get(t, common, "tls_certificates", 0, "certificate_chain").(map[string]any),
+		get(t, common, "tls_certificates", 0, "private_key").(map[string]any),
+		get(t, common, "validation_context", "trusted_ca").(map[string]any),
+	}
+	san := get(t, common, "validation_context", "match_typed_subject_alt_names", 0, "matcher").(map[string]any)
+	if d != nil {
+		if tlsCtx["sni"] != host || san["exact"] != host {
+			t.Errorf("Envoy asks for %v and checks the name %v; the control plane is %s", tlsCtx["sni"], san["exact"], host)
+		}
+		client := secretFile(t, m, d, c, files[0]["filename"].(string))
+		for _, f := range files[1:] {
+			if s := secretFile(t, m, d, c, f["filename"].(string)); s != client {
+				t.Errorf("%s is not in the client certificate's Secret %s", f["filename"], client.Name)
+			}
+		}
+	}
+	delete(tlsCtx, "sni")
+	delete(san, "exact")
+	for _, f := range files {
+		delete(f, "filename")
+	}
+}
+
+// secretFile returns the Secret of the manifests that the container
+// mounts file from, and checks the Secret has the file's key.
+func secretFile(t *testing.T, m *manifests, d *appsv1.Deployment, c *corev1.Container, file string) *corev1.Secret {
+	t.Helper()
+	vol := volumeAt(t, d, c, path.Dir(file))
+	if vol.Secret == nil {
+		t.Fatalf("%s is not on a Secret volume", file)
+	}
+	s := mustGet(t, m.secrets, vol.Secret.SecretName)
+	if _, ok := s.StringData[path.Base(file)]; !ok {
+		t.Errorf("Secret %s has no key %s, which %s names", s.Name, path.Base(file), file)
+	}
+	return s
 }
 
 // checkEMQX checks the EMQX headless Service against the control plane's

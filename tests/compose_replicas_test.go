@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/mqtt-sticky/mqtt-sticky/api"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/envoyproc"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 )
@@ -101,8 +102,18 @@ func TestComposeReplicasAgree(t *testing.T) {
 				t.Errorf("%s does not wait for a healthy %s", name, m)
 			}
 		}
-		if s.Environment["MQTT_STICKY_API_TOKEN"] == "" || s.Healthcheck == nil {
-			t.Errorf("%s: token or health check missing", name)
+		// The token: the base file's secret, never the environment; xDS
+		// leaves the replica's loopback, over the base file's mutual TLS.
+		if s.Environment[api.TokenEnv] != "" || !slices.ContainsFunc(s.Secrets, func(sec struct{ Source, Target string }) bool {
+			return p.Secrets[sec.Source].Environment == api.TokenEnv && sec.Target == base.Services["xds"].Secrets[0].Target
+		}) || s.Healthcheck == nil || !slices.Contains(s.Healthcheck.Test, "--token-file") {
+			t.Errorf("%s: the token secret, or a health check that uses it, is missing: %+v %v", name, s.Secrets, s.Healthcheck)
+		}
+		if !sameMounts(s.Volumes, base.Services["xds"].Volumes, "/var/lib/mqtt-sticky") {
+			t.Errorf("%s mounts %v; the base xds mounts %v (less the state volume)", name, s.Volumes, base.Services["xds"].Volumes)
+		}
+		if s.DependsOn["certs"].Condition != "service_completed_successfully" {
+			t.Errorf("%s does not wait for the certificates", name)
 		}
 	}
 	if !sameSet(replicaXDS, bootXDS) {
@@ -158,9 +169,9 @@ func TestComposeReplicasAgree(t *testing.T) {
 		}
 	}
 
-	// compose/envoy-replicas.yaml is envoy/bootstrap.yaml but for the xds
-	// endpoints and the admin address offered to the control plane.
-	mainRaw, err := os.ReadFile(filepath.Join(root, "envoy", "bootstrap.yaml"))
+	// compose/envoy-replicas.yaml is envoy/bootstrap-mtls.yaml but for the
+	// xds endpoints and the admin address offered to the control plane.
+	mainRaw, err := os.ReadFile(filepath.Join(root, "envoy", "bootstrap-mtls.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,25 +184,47 @@ func TestComposeReplicasAgree(t *testing.T) {
 	set(t, boot, nil, endpoints...)
 	delete(get(t, mainBoot, "node").(map[string]any), "metadata")
 	if diff := cmp.Diff(mainBoot, boot); diff != "" {
-		t.Errorf("compose/envoy-replicas.yaml differs from envoy/bootstrap.yaml beyond the xds endpoints (-bootstrap +replicas):\n%s", diff)
+		t.Errorf("compose/envoy-replicas.yaml differs from envoy/bootstrap-mtls.yaml beyond the xds endpoints (-bootstrap +replicas):\n%s", diff)
 	}
 
 	// The replica's command line, with a real etcd and local addresses,
-	// starts a control plane on the compose config file.
+	// starts a control plane on the compose config file. Its certificate
+	// and token files, which compose mounts, come from here.
 	etcd := startEtcd(t, 1)
 	flags := flagValues(p.Services["xds"].Command)
+	certDir := t.TempDir()
+	xdsCerts(t, certDir)
+	tokenFile := filepath.Join(t.TempDir(), "api_token")
+	const token = "compose-replica-token-0123456789"
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	replica := &controlPlane{
 		name:       flags["--replica-name"],
 		configPath: filepath.Join(root, "compose", "mqtt-sticky.yaml"),
 		xdsAddr:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		apiAddr:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		storeArgs:  []string{"--store", flags["--store"], "--etcd-endpoints", strings.Join(etcd.Endpoints(), ","), "--replica-name", flags["--replica-name"]},
+		extraArgs:  append(xdsTLSFlags(certDir), "--api-token-file", tokenFile),
+		token:      token,
 	}
 	replica.start(t)
 	t.Cleanup(func() { replica.stop(t) })
 	if st, err := replica.client.Status(t.Context()); err != nil || st.Replica != flags["--replica-name"] {
 		t.Errorf("the replica answers %+v, %v", st, err)
 	}
+}
+
+// sameMounts reports whether got mounts what want does, but for the
+// mount at skip.
+func sameMounts(got, want []struct{ Source, Target string }, skip string) bool {
+	var w []struct{ Source, Target string }
+	for _, v := range want {
+		if v.Target != skip {
+			w = append(w, v)
+		}
+	}
+	return slices.Equal(got, w)
 }
 
 // composeConfig is `docker compose config` of the files, merged in order.

@@ -14,7 +14,11 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/mqtt-sticky/mqtt-sticky/api"
 	"github.com/mqtt-sticky/mqtt-sticky/contract"
+	"github.com/mqtt-sticky/mqtt-sticky/internal/certs"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/envoyproc"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 )
@@ -40,8 +44,15 @@ type composeProject struct {
 		} `json:"volumes"`
 		Healthcheck *struct{ Test []string }              `json:"healthcheck"`
 		DependsOn   map[string]struct{ Condition string } `json:"depends_on"`
+		Secrets     []struct{ Source, Target string }     `json:"secrets"`
 	} `json:"services"`
+	Secrets map[string]struct {
+		Environment string `json:"environment"`
+	} `json:"secrets"`
 }
+
+// composeToken is the token the compose checks run with.
+const composeToken = "compose-test-token-0123456789"
 
 // docker-compose.yaml, envoy/bootstrap.yaml, compose/mqtt-sticky.yaml and
 // the Dockerfile must agree: ports, addresses, the PROXY protocol on both
@@ -54,7 +65,7 @@ func TestComposeFilesAgree(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("docker", "compose", "-f", filepath.Join(root, "docker-compose.yaml"), "config", "--format", "json")
-	cmd.Env = append(os.Environ(), "MQTT_STICKY_API_TOKEN=compose-test-token")
+	cmd.Env = append(os.Environ(), api.TokenEnv+"="+composeToken)
 	out, err := cmd.Output()
 	if err != nil {
 		stderr := ""
@@ -71,14 +82,7 @@ func TestComposeFilesAgree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile(filepath.Join(root, "envoy", "bootstrap.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var boot map[string]any
-	if err := yaml.Unmarshal(raw, &boot); err != nil {
-		t.Fatal(err)
-	}
+	boot := readYAML(t, filepath.Join(root, "envoy", "bootstrap-mtls.yaml"))
 	dockerfile, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
@@ -162,9 +166,7 @@ func TestComposeFilesAgree(t *testing.T) {
 	if !published[apiPort] {
 		t.Errorf("API port %d is not published", apiPort)
 	}
-	if xds.Environment["MQTT_STICKY_API_TOKEN"] == "" {
-		t.Error("the API listens beyond loopback without MQTT_STICKY_API_TOKEN")
-	}
+	checkComposeToken(t, p, cp)
 	mountsConfig := false
 	for _, v := range xds.Volumes {
 		if strings.HasSuffix(v.Source, filepath.Join("compose", "mqtt-sticky.yaml")) && slices.Contains(xds.Command, v.Target) {
@@ -174,7 +176,7 @@ func TestComposeFilesAgree(t *testing.T) {
 	if !mountsConfig {
 		t.Error("xds does not serve the mounted compose/mqtt-sticky.yaml")
 	}
-	if xds.Healthcheck == nil || len(xds.DependsOn) != 3 {
+	if xds.Healthcheck == nil || len(xds.DependsOn) != 4 {
 		t.Errorf("xds: health check %v, depends on %v", xds.Healthcheck, xds.DependsOn)
 	}
 
@@ -199,14 +201,15 @@ func TestComposeFilesAgree(t *testing.T) {
 	}
 	mountsBootstrap := false
 	for _, v := range envoy.Volumes {
-		if strings.HasSuffix(v.Source, filepath.Join("envoy", "bootstrap.yaml")) && slices.Contains(envoy.Command, v.Target) {
+		if strings.HasSuffix(v.Source, filepath.Join("envoy", "bootstrap-mtls.yaml")) && slices.Contains(envoy.Command, v.Target) {
 			mountsBootstrap = true
 		}
 	}
 	if !mountsBootstrap {
-		t.Error("envoy does not run the mounted envoy/bootstrap.yaml")
+		t.Error("envoy does not run the mounted envoy/bootstrap-mtls.yaml")
 	}
 	checkComposeTLS(t, root, cp, envoy.Volumes)
+	checkComposeXDSTLS(t, p, cp, boot)
 	admin := get(t, boot, "admin", "address", "socket_address").(map[string]any)
 	if envoy.Healthcheck == nil || !strings.Contains(strings.Join(envoy.Healthcheck.Test, " "), fmt.Sprintf("127.0.0.1/%v", admin["port_value"])) {
 		t.Errorf("envoy health check does not ask the admin port %v", admin["port_value"])
@@ -260,4 +263,152 @@ func checkComposeTLS(t *testing.T, root string, cp *model.File, volumes []struct
 	if tlsListeners == 0 {
 		t.Error("compose/mqtt-sticky.yaml has no TLS listener")
 	}
+}
+
+// The compose file has no token of its own: without MQTT_STICKY_API_TOKEN
+// it does not start (it fell back to "change-me"). The token reaches the
+// control plane as a secret file, never as an environment variable that
+// `docker inspect` shows, and the health check reads the same file.
+func checkComposeToken(t *testing.T, p composeProject, cp *model.File) {
+	t.Helper()
+	root, _ := envoyproc.RepoRoot()
+	cmd := exec.Command("docker", "compose", "-f", filepath.Join(root, "docker-compose.yaml"), "config", "--format", "json")
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, api.TokenEnv+"=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), api.TokenEnv) {
+		t.Errorf("docker compose config without %s: %v\n%s", api.TokenEnv, err, out)
+	}
+	xds := p.Services["xds"]
+	for name, s := range p.Services {
+		for k, v := range s.Environment {
+			if k == api.TokenEnv || v == composeToken {
+				t.Errorf("service %s has the API token in its environment (%s)", name, k)
+			}
+		}
+	}
+	var target string
+	for _, sec := range xds.Secrets {
+		if p.Secrets[sec.Source].Environment == api.TokenEnv {
+			target = sec.Target
+		}
+	}
+	if target == "" || cp.APITokenFile != target {
+		t.Errorf("the control plane reads its token from %q; the secret from %s is mounted at %q", cp.APITokenFile, api.TokenEnv, target)
+	}
+	if !slices.Contains(xds.Healthcheck.Test, target) {
+		t.Errorf("the health check %v does not use the token file %s", xds.Healthcheck.Test, target)
+	}
+}
+
+// checkComposeXDSTLS: xDS runs over mutual TLS: the certs service writes the files into a
+// volume that both the control plane and Envoy mount; the control plane's
+// config and Envoy's bootstrap name those files; Envoy expects a server
+// name the server certificate carries; the client key is Envoy's to read.
+// And envoy/bootstrap-mtls.yaml is envoy/bootstrap.yaml plus that TLS.
+func checkComposeXDSTLS(t *testing.T, p composeProject, cp *model.File, boot map[string]any) {
+	t.Helper()
+	job, xds, envoy := p.Services["certs"], p.Services["xds"], p.Services["envoy"]
+	if job.Build == nil || job.Build.Target != "control-plane" || len(job.Command) < 3 || job.Command[0] != "certs" {
+		t.Fatalf("certs service: %+v", job)
+	}
+	flag := func(name string) string {
+		i := slices.Index(job.Command, name)
+		if i < 0 || i+1 >= len(job.Command) {
+			t.Fatalf("certs command %v lacks %s", job.Command, name)
+		}
+		return job.Command[i+1]
+	}
+	certDir := flag("--dir")
+	var volume string
+	for _, v := range job.Volumes {
+		if v.Target == certDir {
+			volume = v.Source
+		}
+	}
+	if volume == "" {
+		t.Fatalf("the certs service writes to %s, which is not a volume", certDir)
+	}
+	// mountOf returns where svc mounts the certificate volume.
+	mountOf := func(svc string) string {
+		for _, v := range p.Services[svc].Volumes {
+			if v.Source == volume {
+				return v.Target
+			}
+		}
+		t.Fatalf("%s does not mount the certificate volume %s", svc, volume)
+		return ""
+	}
+	xdsDir, envoyDir := mountOf("xds"), mountOf("envoy")
+
+	// The control plane: its certificate and key, and the CA for clients.
+	tlsCfg := cp.XDSTLS
+	for file, want := range map[string]string{tlsCfg.CertFile: certs.ServerFile, tlsCfg.KeyFile: certs.ServerKeyFile, tlsCfg.ClientCAFile: certs.CAFile} {
+		if file != filepath.Join(xdsDir, want) {
+			t.Errorf("compose/mqtt-sticky.yaml names %s, the certs service writes %s", file, filepath.Join(xdsDir, want))
+		}
+	}
+	if !tlsCfg.RequireClientCert {
+		t.Error("compose/mqtt-sticky.yaml does not require client certificates")
+	}
+	if xds.DependsOn["certs"].Condition != "service_completed_successfully" {
+		t.Error("xds does not wait for the certificates")
+	}
+
+	// Envoy: the same CA, its client certificate, and a server name the
+	// server certificate has.
+	sock := get(t, boot, "static_resources", "clusters", 0, "transport_socket").(map[string]any)
+	ctx := get(t, sock, "typed_config").(map[string]any)
+	if sock["name"] != "envoy.transport_sockets.tls" || !strings.HasSuffix(fmt.Sprint(ctx["@type"]), ".UpstreamTlsContext") {
+		t.Fatalf("the xds cluster's transport socket is %v", sock)
+	}
+	common := ctx["common_tls_context"]
+	for path, want := range map[string]string{
+		fmt.Sprint(get(t, common, "tls_certificates", 0, "certificate_chain", "filename")): certs.ClientFile,
+		fmt.Sprint(get(t, common, "tls_certificates", 0, "private_key", "filename")):       certs.ClientKeyFile,
+		fmt.Sprint(get(t, common, "validation_context", "trusted_ca", "filename")):         certs.CAFile,
+	} {
+		if path != filepath.Join(envoyDir, want) {
+			t.Errorf("the bootstrap names %s, the certs service writes %s", path, filepath.Join(envoyDir, want))
+		}
+	}
+	serverNames := strings.Split(flag("--server-names"), ",")
+	sni := fmt.Sprint(ctx["sni"])
+	san := fmt.Sprint(get(t, common, "validation_context", "match_typed_subject_alt_names", 0, "matcher", "exact"))
+	if !slices.Contains(serverNames, sni) || !slices.Contains(serverNames, san) {
+		t.Errorf("Envoy asks for %s and checks the name %s; the server certificate has %v", sni, san, serverNames)
+	}
+	if host, _, _ := net.SplitHostPort(cp.XDSListen); !slices.Contains(serverNames, host) {
+		t.Errorf("the server certificate %v lacks the xDS address %s", serverNames, host)
+	}
+	if flag("--client-key-uid") != "101" {
+		t.Error("the client key is not readable by Envoy's user (uid 101 in its image)")
+	}
+	if flag("--client") != envoy.Command[slices.Index(envoy.Command, "--service-node")+1] {
+		t.Errorf("the client certificate is for %s, Envoy's node is another", flag("--client"))
+	}
+
+	// The two bootstraps differ only in that transport socket.
+	root, _ := envoyproc.RepoRoot()
+	plain := readYAML(t, filepath.Join(root, "envoy", "bootstrap.yaml"))
+	withoutTLS := readYAML(t, filepath.Join(root, "envoy", "bootstrap-mtls.yaml"))
+	delete(get(t, withoutTLS, "static_resources", "clusters", 0).(map[string]any), "transport_socket")
+	if diff := cmp.Diff(plain, withoutTLS); diff != "" {
+		t.Errorf("envoy/bootstrap-mtls.yaml is not envoy/bootstrap.yaml plus TLS (-plain +mtls):\n%s", diff)
+	}
+}
+
+func readYAML(t *testing.T, path string) map[string]any {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	return doc
 }

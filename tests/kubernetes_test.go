@@ -25,8 +25,16 @@ import (
 // against each other.)
 func TestKubernetesBootstrapValidates(t *testing.T) {
 	bootstrap, args := kubernetesEnvoy(t)
+	var cfg map[string]any
+	if err := yaml.Unmarshal([]byte(bootstrap), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	certs := t.TempDir()
+	xdsCerts(t, certs)
+	tlsEnvoyBootstrap(t, certs)(cfg) // the Secret's files, issued here
+	out, _ := yaml.Marshal(cfg)
 	path := filepath.Join(t.TempDir(), "envoy.yaml")
-	if err := os.WriteFile(path, []byte(bootstrap), 0o644); err != nil {
+	if err := os.WriteFile(path, out, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	args = podArgs(args, path, "mqtt-sticky-envoy-7d9f-x2k4p", "10.244.1.17")
@@ -40,17 +48,21 @@ func TestKubernetesBootstrapValidates(t *testing.T) {
 // /stats/prometheus and /clusters from the admin interface and nothing
 // else (no config dump, no POST that stops Envoy), and the control plane
 // reads each broker's health and connections through it, at the address
-// the Deployment's --config-yaml advertises. Only the addresses are moved
-// to loopback.
+// the Deployment's --config-yaml advertises. xDS runs over mutual TLS, the
+// Envoy checking the control plane's Service name. Only the addresses
+// (and the certificate files) are moved.
 func TestKubernetesEnvoyStatsListener(t *testing.T) {
 	bootstrap, args := kubernetesEnvoy(t)
 	var cfg map[string]any
 	if err := yaml.Unmarshal([]byte(bootstrap), &cfg); err != nil {
 		t.Fatal(err)
 	}
+	certs := t.TempDir()
+	xdsCerts(t, certs)
+	tlsEnvoyBootstrap(t, certs)(cfg)
 	brokers := startBrokers(t, 3)
 	listenPort := freePort(t)
-	cp := startControlPlane(t, fleetConfig(t, listenPort, brokers, healthOpts), filepath.Join(t.TempDir(), "state.json"))
+	cp := startControlPlane(t, fleetConfig(t, listenPort, brokers, healthOpts), filepath.Join(t.TempDir(), "state.json"), xdsTLSFlags(certs)...)
 	adminPort, statsPort := freePort(t), freePort(t)
 	_, xdsPort := splitHostPort(t, cp.xdsAddr)
 	endpoint := func(cluster int) []any {

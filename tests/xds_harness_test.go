@@ -35,6 +35,8 @@ type controlPlane struct {
 	statePath  string
 	// storeArgs replace --state STATEPATH: e.g. --store etcd ...
 	storeArgs []string
+	extraArgs []string // more serve flags
+	token     string   // the API token, when the control plane has one
 	logPath   string
 	client    *api.Client
 }
@@ -70,13 +72,14 @@ clusters:
 
 // startControlPlane runs `mqtt-sticky serve` with a config file and a state
 // file, and waits until its API answers.
-func startControlPlane(t *testing.T, configPath, statePath string) *controlPlane {
+func startControlPlane(t *testing.T, configPath, statePath string, args ...string) *controlPlane {
 	t.Helper()
 	cp := &controlPlane{
 		configPath: configPath,
 		statePath:  statePath,
 		xdsAddr:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		apiAddr:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		extraArgs:  args,
 	}
 	cp.start(t)
 	t.Cleanup(func() { cp.stop(t) })
@@ -97,15 +100,15 @@ func (cp *controlPlane) start(t *testing.T) {
 	if storeArgs == nil {
 		storeArgs = []string{"--state", cp.statePath}
 	}
-	cp.cmd = exec.Command(cliPath, append([]string{"serve", "--config", cp.configPath,
-		"--xds", cp.xdsAddr, "--api", cp.apiAddr, "--log-level", "debug"}, storeArgs...)...)
+	args := append([]string{"serve", "--config", cp.configPath, "--xds", cp.xdsAddr, "--api", cp.apiAddr, "--log-level", "debug"}, storeArgs...)
+	cp.cmd = exec.Command(cliPath, append(args, cp.extraArgs...)...)
 	cp.cmd.Stdout, cp.cmd.Stderr = logf, logf
 	if err := cp.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	cp.exited = make(chan struct{})
 	go func() { cp.cmd.Wait(); close(cp.exited) }()
-	cp.client = &api.Client{BaseURL: "http://" + cp.apiAddr}
+	cp.client = &api.Client{BaseURL: "http://" + cp.apiAddr, Token: cp.token}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for backoff := 5 * time.Millisecond; ; backoff = min(backoff*2, 100*time.Millisecond) {
@@ -166,7 +169,14 @@ type xdsEnvoy struct {
 // control plane, with ADS state of the world, or delta when delta is set.
 func startXDSEnvoy(t *testing.T, cp *controlPlane, nodeID string, delta bool, extraArgs ...string) *xdsEnvoy {
 	t.Helper()
-	return startXDSEnvoyWith(t, nodeID, delta, []*controlPlane{cp}, extraArgs)
+	return startXDSEnvoyWith(t, nodeID, delta, []*controlPlane{cp}, "bootstrap.yaml", nil, extraArgs)
+}
+
+// startXDSEnvoyFrom starts an Envoy from a bootstrap in envoy/, changed by
+// mutate, pointed at the control plane.
+func startXDSEnvoyFrom(t *testing.T, cp *controlPlane, nodeID string, delta bool, bootstrap string, mutate func(cfg map[string]any), extraArgs ...string) *xdsEnvoy {
+	t.Helper()
+	return startXDSEnvoyWith(t, nodeID, delta, []*controlPlane{cp}, bootstrap, mutate, extraArgs)
 }
 
 // startXDSEnvoyTo is startXDSEnvoy with every control plane of cps as an
@@ -174,22 +184,25 @@ func startXDSEnvoy(t *testing.T, cp *controlPlane, nodeID string, delta bool, ex
 // several replicas.
 func startXDSEnvoyTo(t *testing.T, nodeID string, delta bool, cps ...*controlPlane) *xdsEnvoy {
 	t.Helper()
-	return startXDSEnvoyWith(t, nodeID, delta, cps, nil)
+	return startXDSEnvoyWith(t, nodeID, delta, cps, "bootstrap.yaml", nil, nil)
 }
 
-func startXDSEnvoyWith(t *testing.T, nodeID string, delta bool, cps []*controlPlane, extraArgs []string) *xdsEnvoy {
+func startXDSEnvoyWith(t *testing.T, nodeID string, delta bool, cps []*controlPlane, bootstrap string, mutate func(cfg map[string]any), extraArgs []string) *xdsEnvoy {
 	t.Helper()
 	root, err := envoyproc.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile(filepath.Join(root, "envoy", "bootstrap.yaml"))
+	raw, err := os.ReadFile(filepath.Join(root, "envoy", bootstrap))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var cfg map[string]any
 	if err := yaml.Unmarshal(raw, &cfg); err != nil {
 		t.Fatal(err)
+	}
+	if mutate != nil {
+		mutate(cfg)
 	}
 	adminPort := freePort(t)
 	set(t, cfg, adminPort, "admin", "address", "socket_address", "port_value")

@@ -7,6 +7,7 @@
 //	mqtt-sticky store copy|show                move the state between a state file and etcd
 //	mqtt-sticky broker --listen ADDR           an embedded MQTT broker
 //	mqtt-sticky run                            brokers + serve + Envoy, for trying it out
+//	mqtt-sticky certs --dir DIR                certificates for mutual TLS on xDS
 //
 // Run `mqtt-sticky <command> -h` for a command's flags.
 package main
@@ -36,6 +37,7 @@ func commands() []command {
 		{"store", "copy the endpoint state between a state file and etcd (copy|show)", runStore},
 		{"broker", "run an embedded MQTT broker that can require PROXY protocol", runBroker},
 		{"run", "start brokers, the control plane and Envoy together, for local use", runAll},
+		{"certs", "write a CA and the certificates for mutual TLS between Envoy and xDS", runCerts},
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mqtt-sticky/mqtt-sticky/api"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/broker"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/envoyproc"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
@@ -303,7 +304,7 @@ func startControlPlane(ctx context.Context, o runOptions, endpoints []model.Endp
 	cp := &runControlPlane{cancel: cancel, done: make(chan error, 1), log: logFile}
 	ready := make(chan struct{})
 	go func() {
-		cp.done <- serve(cpCtx, serveOptions{file: file, xdsListen: runXDS, apiListen: o.apiAddr, healthPoll: defaultHealthPoll,
+		cp.done <- serve(cpCtx, serveOptions{file: file, xdsListen: runXDS, apiListen: o.apiAddr, healthPoll: defaultHealthPoll, token: os.Getenv(api.TokenEnv),
 			stateFile: filepath.Join(o.workDir, "state.json")}, slog.New(slog.NewTextHandler(logFile, nil)),
 			func(string, string) { close(ready) })
 	}()
@@ -320,11 +321,21 @@ func startControlPlane(ctx context.Context, o runOptions, endpoints []model.Endp
 // startEnvoy starts Envoy on the bootstrap, which takes everything else
 // from the control plane.
 func startEnvoy(o runOptions) (*envoyproc.Process, error) {
-	moduleDir, err := filepath.Abs(o.moduleDir)
+	opts, err := envoyOptions(o)
 	if err != nil {
 		return nil, err
 	}
-	return envoyproc.Start(envoyproc.Options{
+	return envoyproc.Start(opts)
+}
+
+// envoyOptions are the options of run's Envoy. It does not inherit the API
+// token: only the control plane needs it.
+func envoyOptions(o runOptions) (envoyproc.Options, error) {
+	moduleDir, err := filepath.Abs(o.moduleDir)
+	if err != nil {
+		return envoyproc.Options{}, err
+	}
+	return envoyproc.Options{
 		Binary:        o.envoyBin,
 		ConfigPath:    o.bootstrap,
 		AdminAddr:     runAdmin,
@@ -333,7 +344,8 @@ func startEnvoy(o runOptions) (*envoyproc.Process, error) {
 		NodeID:        "envoy-1",
 		Cluster:       "mqtt-sticky",
 		DieWithParent: true,
-	})
+		DropEnv:       []string{api.TokenEnv},
+	}, nil
 }
 
 // waitEnvoyReady waits up to a minute for Envoy to be ready and report

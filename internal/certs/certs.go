@@ -1,7 +1,7 @@
-// Package certs makes throwaway X.509 certificates (ECDSA P-256) for the
-// tests, the benchmarks and `mqtt-sticky run`: a CA, and server, device or
-// client certificates it signs, with any CN, SANs and validity. Nothing
-// here is meant for production keys.
+// Package certs makes X.509 certificates (ECDSA P-256) for the tests, the
+// benchmarks, `mqtt-sticky run` and `mqtt-sticky certs`: a CA, and server,
+// device or client certificates it signs, with any CN, SANs and validity.
+// It is no PKI: deployments with one issue their certificates from it.
 package certs
 
 import (
@@ -159,6 +159,42 @@ func WriteAtomic(path string, data []byte) error {
 		return err
 	}
 	return os.Rename(f.Name(), path)
+}
+
+// The files of a directory `mqtt-sticky certs` fills: Write and Pair.Write
+// name them <name>.crt and <name>.key.
+const (
+	CAFile        = "ca.crt"
+	CAKeyFile     = "ca.key"
+	ServerFile    = "server.crt"
+	ServerKeyFile = "server.key"
+	ClientFile    = "client.crt"
+	ClientKeyFile = "client.key"
+)
+
+// Write stores the CA's certificate and key as <dir>/<name>.crt and
+// <dir>/<name>.key (mode 0600), as Pair.Write does, so that LoadCA can
+// sign more certificates with it later.
+func (ca *CA) Write(dir, name string) (certPath, keyPath string, err error) {
+	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.key)
+	if err != nil {
+		return "", "", err
+	}
+	p := &Pair{CertPEM: ca.PEM, KeyPEM: pemBlock("PRIVATE KEY", keyDER), Cert: ca.Cert}
+	return p.Write(dir, name)
+}
+
+// LoadCA reads a CA that Write stored.
+func LoadCA(certPath, keyPath string) (*CA, error) {
+	pair, err := tls.LoadX509KeyPair(certPath, keyPath)
+	if err != nil {
+		return nil, err
+	}
+	key, ok := pair.PrivateKey.(*ecdsa.PrivateKey)
+	if !ok || !pair.Leaf.IsCA {
+		return nil, fmt.Errorf("certs: %s is not an ECDSA CA certificate", certPath)
+	}
+	return &CA{Cert: pair.Leaf, key: key, PEM: pemBlock("CERTIFICATE", pair.Leaf.Raw)}, nil
 }
 
 // Pool returns a cert pool holding the CA.

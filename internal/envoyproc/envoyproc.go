@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -78,6 +79,11 @@ type Options struct {
 	NodeID, Cluster string
 	ExtraArgs       []string
 	Env             []string
+	// DropEnv names variables of this process's environment that Envoy
+	// must not inherit: secrets such as the API token. Envoy has no use
+	// for them, and its environment is readable where its config is (the
+	// admin API, crash dumps, /proc).
+	DropEnv []string
 	// DieWithParent makes the kernel stop Envoy if this process dies
 	// without stopping it (Linux).
 	DieWithParent bool
@@ -116,7 +122,7 @@ func Start(opts Options) (*Process, error) {
 	}
 	args = append(args, opts.ExtraArgs...)
 	cmd := exec.Command(opts.Binary, args...)
-	cmd.Env = append(os.Environ(), opts.Env...)
+	cmd.Env = append(inherited(opts.DropEnv), opts.Env...)
 	if opts.DieWithParent {
 		// Its own process group keeps a terminal's Ctrl-C away from Envoy:
 		// the parent decides when and how it stops.
@@ -142,6 +148,19 @@ func Start(opts Options) (*Process, error) {
 		close(p.exited)
 	}()
 	return p, nil
+}
+
+// inherited is this process's environment without the variables named in
+// drop.
+func inherited(drop []string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(drop, name) {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 // Pid is the Envoy process ID.

@@ -5,14 +5,19 @@ import (
 	"os"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/mqtt-sticky/mqtt-sticky/internal/tlsfiles"
 )
 
 // File is the `mqtt-sticky serve --config` file: where the server listens
-// and persists state, the bounds it keeps, and the fleet model. Unknown
+// and persists state, how it protects itself, and the fleet model. Unknown
 // keys are errors. Each key has a `serve` flag that overrides it.
 type File struct {
 	// XDSListen is the gRPC address Envoys connect to for ADS.
 	XDSListen string `json:"xds_listen,omitempty"`
+	// XDSTLS serves xDS over TLS, or mutual TLS with a client CA. Required
+	// when XDSListen is beyond loopback.
+	XDSTLS tlsfiles.Files `json:"xds_tls"`
 	// XDSMaxNodes bounds the Envoy nodes the server keeps (0: the default).
 	XDSMaxNodes int `json:"xds_max_nodes,omitempty"`
 	// XDSNodeGrace is how long a node that left stays in the status (0:
@@ -20,6 +25,11 @@ type File struct {
 	XDSNodeGrace Duration `json:"xds_node_grace,omitempty"`
 	// APIListen is the management API's HTTP address.
 	APIListen string `json:"api_listen,omitempty"`
+	// APITokenFile holds the API's bearer token. Required when APIListen
+	// is beyond loopback (or the token in the environment).
+	APITokenFile string `json:"api_token_file,omitempty"`
+	// MetricsRequireToken puts /metrics behind the API token.
+	MetricsRequireToken bool `json:"metrics_require_token,omitempty"`
 	// StateFile keeps endpoint changes across restarts, with the file
 	// store. Empty disables persistence.
 	StateFile string `json:"state_file,omitempty"`
@@ -101,6 +111,9 @@ func ParseFile(data []byte) (*File, error) {
 	}
 	if f.APIListen == "" {
 		f.APIListen = DefaultAPIListen
+	}
+	if err := f.XDSTLS.Check(); err != nil {
+		return nil, invalid("xds_tls: %v", err)
 	}
 	if f.XDSMaxNodes < 0 || f.XDSNodeGrace < 0 {
 		return nil, invalid("xds_max_nodes and xds_node_grace cannot be negative")
