@@ -61,9 +61,10 @@ const (
 )
 
 // NewHandler returns the API's HTTP handler. Every request passes, in
-// order: the Host check (without a token), the cross-origin check (no
-// browser may change anything from another origin), routing (404, 405),
-// the token (401), the body's media type (415), and then its route.
+// order: the Host check (without a token), routing (404, 405), the
+// cross-origin check (no browser may change anything from another
+// origin), the token (401), the body's media type (415), and then its
+// route.
 func NewHandler(b Backend, opts Options) http.Handler {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
