@@ -344,7 +344,7 @@ func (f *Filter) finish(s state) {
 func (f *Filter) refuse(c Counter, what, detail string) {
 	f.finish(closed)
 	f.conn.Inc(c)
-	if logLimiter.allow() {
+	if ok, dropped := logLimiter.Allow(); ok {
 		msg := "mqtt_sticky: " + what
 		if detail != "" {
 			msg += ": " + detail
@@ -352,8 +352,8 @@ func (f *Filter) refuse(c Counter, what, detail string) {
 		if ip, port, ok := f.conn.RemoteAddress(); ok {
 			msg += " (client " + joinHostPort(ip, port) + ")"
 		}
-		if n := logLimiter.takeSuppressed(); n > 0 {
-			msg += "; " + strconv.Itoa(n) + " similar lines suppressed"
+		if dropped > 0 {
+			msg += "; " + strconv.Itoa(dropped) + " similar lines suppressed"
 		}
 		f.conn.Log(LogInfo, msg)
 	}

@@ -386,21 +386,3 @@ func TestCounterNamesAreUnique(t *testing.T) {
 		t.Errorf("too-large counter is %q", names[rejectCounter(mqtt.ReasonTooLarge)])
 	}
 }
-
-func TestLogLimiter(t *testing.T) {
-	now := time.Unix(100, 0)
-	l := &limiter{perSecond: 3, now: func() time.Time { return now }}
-	allowed := 0
-	for range 10 {
-		if l.allow() {
-			allowed++
-		}
-	}
-	if allowed != 3 || l.takeSuppressed() != 7 || l.takeSuppressed() != 0 {
-		t.Fatalf("allowed %d of 10 in one second", allowed)
-	}
-	now = now.Add(time.Second)
-	if !l.allow() {
-		t.Error("a new second allows lines again")
-	}
-}

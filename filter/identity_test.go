@@ -10,13 +10,14 @@ import (
 	"github.com/pires/go-proxyproto/tlvparse"
 
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
+	"github.com/mqtt-sticky/mqtt-sticky/internal/loglimit"
 )
 
 // freshLogLimit gives a test the whole per-second log budget, so the
 // lines it checks are not the ones the limiter drops.
 func freshLogLimit(t *testing.T) {
 	saved := logLimiter
-	logLimiter = &limiter{perSecond: 1000, now: saved.now}
+	logLimiter = loglimit.New(1000)
 	t.Cleanup(func() { logLimiter = saved })
 }
 

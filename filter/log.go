@@ -5,9 +5,9 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 	"unicode"
+
+	"github.com/mqtt-sticky/mqtt-sticky/internal/loglimit"
 )
 
 // logLinesPerSecond caps the filter's refusal log lines. A flood of bad
@@ -15,40 +15,7 @@ import (
 // how many lines it dropped, so it cannot be used to fill a disk.
 const logLinesPerSecond = 20
 
-var logLimiter = &limiter{perSecond: logLinesPerSecond, now: time.Now}
-
-type limiter struct {
-	perSecond  int
-	now        func() time.Time
-	mu         sync.Mutex
-	window     time.Time
-	used       int
-	suppressed int
-}
-
-// allow reports whether a line may be logged now, counting it if not.
-func (l *limiter) allow() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now := l.now(); now.Sub(l.window) >= time.Second {
-		l.window, l.used = now, 0
-	}
-	if l.used < l.perSecond {
-		l.used++
-		return true
-	}
-	l.suppressed++
-	return false
-}
-
-// takeSuppressed returns how many lines were dropped since the last call.
-func (l *limiter) takeSuppressed() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := l.suppressed
-	l.suppressed = 0
-	return n
-}
+var logLimiter = loglimit.New(logLinesPerSecond)
 
 func joinHostPort(ip string, port uint32) string {
 	return net.JoinHostPort(ip, strconv.FormatUint(uint64(port), 10))

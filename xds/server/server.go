@@ -40,6 +40,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
+	"github.com/mqtt-sticky/mqtt-sticky/internal/loglimit"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/translate"
 )
@@ -105,6 +106,7 @@ type Options struct {
 // through Prepare and the commit it returns.
 type Server struct {
 	log     *slog.Logger
+	nodeLog *loglimit.Limiter // bounds the lines about node events, which clients cause
 	cache   cachev3.SnapshotCache
 	metrics *Metrics
 	opts    Options
@@ -147,6 +149,7 @@ func New(opts Options) *Server {
 	}
 	s := &Server{
 		log:     opts.Logger,
+		nodeLog: loglimit.New(nodeLogLinesPerSecond),
 		metrics: newMetrics(opts.Registerer),
 		opts:    opts,
 		now:     time.Now,
@@ -264,11 +267,29 @@ func (s *Server) Nodes() []NodeStatus {
 	return out
 }
 
+// nodeLogLinesPerSecond bounds the log lines about nodes joining, leaving,
+// being refused and rejecting updates: whoever can open an xDS stream can
+// cause them, as fast as they like. The metrics keep the full counts.
+const nodeLogLinesPerSecond = 20
+
+// logNodeEvent writes a line about a node's streams, within
+// nodeLogLinesPerSecond; a line after dropped ones says how many.
+func (s *Server) logNodeEvent(level slog.Level, msg string, args ...any) {
+	ok, dropped := s.nodeLog.Allow()
+	if !ok {
+		return
+	}
+	if dropped > 0 {
+		args = append(args, "suppressed", dropped)
+	}
+	s.log.Log(context.Background(), level, msg, args...)
+}
+
 // refusal is why a stream was closed; the reason labels the metric.
 func (s *Server) refuse(reason string, code codes.Code, format string, args ...any) error {
 	s.metrics.refused.WithLabelValues(reason).Inc()
 	err := status.Errorf(code, format, args...)
-	s.log.Warn("xds: stream refused", "reason", reason, "err", status.Convert(err).Message())
+	s.logNodeEvent(slog.LevelWarn, "xds: stream refused", "reason", reason, "err", status.Convert(err).Message())
 	return err
 }
 
@@ -304,7 +325,7 @@ func (s *Server) streamClosed(id streamID) {
 		n.served = false
 		nodeID := st.node
 		n.forget = time.AfterFunc(s.opts.NodeGrace, func() { s.forgetNode(nodeID, n) })
-		s.log.Info("xds: node disconnected", "node", logText(nodeID))
+		s.logNodeEvent(slog.LevelInfo, "xds: node disconnected", "node", logText(nodeID))
 	}
 	s.updateGauges()
 }
@@ -378,7 +399,7 @@ func (s *Server) request(id streamID, req xdsRequest) error {
 		at := s.now()
 		rs.NackedAt = &at
 		s.metrics.nacks.WithLabelValues(kind).Inc()
-		s.log.Warn("xds: node rejected an update", "node", logText(st.node), "type", kind, "error", logText(req.errDetail))
+		s.logNodeEvent(slog.LevelWarn, "xds: node rejected an update", "node", logText(st.node), "type", kind, "error", logText(req.errDetail))
 	case req.versionInfo != "":
 		rs.AckedVersion = req.versionInfo
 	case matches:
@@ -405,7 +426,7 @@ func (s *Server) join(st *stream, req xdsRequest) error {
 		now := s.now()
 		n = &node{status: NodeStatus{ID: id, FirstSeen: now, Resources: map[string]ResourceStatus{}}}
 		s.nodes[id] = n
-		s.log.Info("xds: new node", "node", logText(id), "version", s.version)
+		s.logNodeEvent(slog.LevelInfo, "xds: new node", "node", logText(id), "version", s.version)
 	}
 	if n.forget != nil {
 		n.forget.Stop()

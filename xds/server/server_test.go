@@ -1,8 +1,10 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -472,4 +474,43 @@ func TestSotWAndDeltaStreamsWithTheSameNumber(t *testing.T) {
 		n := s.Nodes()
 		return len(n) == 2 && !n[1].Connected
 	})
+}
+
+// lineCounter counts the lines a logger writes.
+type lineCounter struct {
+	mu    sync.Mutex
+	lines int
+}
+
+func (c *lineCounter) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lines += bytes.Count(p, []byte("\n"))
+	return len(p), nil
+}
+
+// Whoever can open a stream can make nodes join, leave and be refused as
+// fast as they like; the log lines about it stay within the limiter's
+// budget, while the metrics count every one.
+func TestNodeEventLogIsBounded(t *testing.T) {
+	var out lineCounter
+	reg := prometheus.NewRegistry()
+	start := time.Now()
+	_, addr := startServer(t, Options{MaxNodes: 10, NodeGrace: time.Hour, Registerer: reg,
+		Logger: slog.New(slog.NewTextHandler(&out, nil))})
+	const attempts = 400
+	for i := range attempts {
+		c := dialADS(t, addr)
+		c.subscribe(fmt.Sprintf("churn-%04d", i)) // joins, or is refused once the bound evicts nothing
+		c.close()
+	}
+	seconds := int(time.Since(start)/time.Second) + 1
+	out.mu.Lock()
+	lines := out.lines
+	out.mu.Unlock()
+	// Each node joins and leaves (two events): unlimited, that is 800 lines.
+	if budget := (seconds+1)*nodeLogLinesPerSecond + 10; lines > budget {
+		t.Errorf("%d log lines in %d s for %d node churns; the budget is %d", lines, seconds, attempts, budget)
+	}
+	t.Logf("%d log lines for %d node churns in %d s", lines, attempts, seconds)
 }
