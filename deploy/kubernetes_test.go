@@ -74,16 +74,80 @@ func TestStrictDecodeRefusesMistakes(t *testing.T) {
 // The manifests agree with each other, with the control-plane config and
 // Envoy bootstrap they carry, with envoy/bootstrap.yaml and with the
 // Dockerfile: ports, addresses, the API token, the module's path, the
-// node ID, probes, and the state volume.
+// node ID, probes, and the store. They ship the production shape: several
+// control-plane replicas on etcd.
 func TestManifestsAgree(t *testing.T) {
 	m := readManifests(t)
 	if m.namespaces[namespace] == nil {
 		t.Errorf("no Namespace %s", namespace)
 	}
 	cp := checkControlPlane(t, m)
+	d := mustGet(t, m.deployments, "mqtt-sticky-control-plane")
+	if cp.Store.Type != model.StoreEtcd || d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
+		t.Errorf("the control plane runs %v replicas on store %q; ship at least 2 on etcd", d.Spec.Replicas, cp.Store.Type)
+	}
 	checkEnvoy(t, m, cp)
 	checkEMQX(t, m, cp)
 	checkScrapeConfig(t, m)
+}
+
+// The README's single-replica shape (the file store on a claimed volume,
+// no etcd), made from the manifests by the edits the README lists, passes
+// the same checks. So the list of edits is complete, and the checks of
+// the file store can fail and pass.
+func TestSingleReplicaShapeAgrees(t *testing.T) {
+	m := readManifests(t)
+	d := mustGet(t, m.deployments, "mqtt-sticky-control-plane")
+	c := container(t, d, "control-plane")
+
+	// 1. The config: state_file in place of the store section.
+	cm, key := mountedConfigMap(t, m, d, c, argAfter(t, c.Args, "--config"))
+	var cfg map[string]any
+	if err := yaml.Unmarshal([]byte(cm.Data[key]), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	delete(cfg, "store")
+	cfg["state_file"] = "/var/lib/mqtt-sticky/state.json"
+	out, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm.Data[key] = string(out)
+
+	// 2. One replica, strategy Recreate, no --replica-name.
+	one := int32(1)
+	d.Spec.Replicas = &one
+	d.Spec.Strategy = appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType}
+	i := slices.Index(c.Args, "--replica-name")
+	if i < 0 || i+2 > len(c.Args) {
+		t.Fatalf("control plane args %v: no --replica-name to remove", c.Args)
+	}
+	c.Args = slices.Delete(c.Args, i, i+2)
+
+	// 3. The etcd client Secret's volume becomes a claimed volume for
+	// the state file.
+	for j := range d.Spec.Template.Spec.Volumes {
+		if v := &d.Spec.Template.Spec.Volumes[j]; v.Secret != nil && v.Secret.SecretName == "mqtt-sticky-etcd-client" {
+			*v = corev1.Volume{Name: "state", VolumeSource: corev1.VolumeSource{
+				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "mqtt-sticky-state"}}}
+		}
+	}
+	for j := range c.VolumeMounts {
+		if vm := &c.VolumeMounts[j]; vm.MountPath == "/etc/mqtt-sticky-etcd" {
+			*vm = corev1.VolumeMount{Name: "state", MountPath: "/var/lib/mqtt-sticky"}
+		}
+	}
+	m.pvcs["mqtt-sticky-state"] = &corev1.PersistentVolumeClaim{}
+	delete(m.secrets, "mqtt-sticky-etcd-client")
+
+	// 4. No disruption budget: with one replica it would block drains.
+	delete(m.disruptions, "mqtt-sticky-control-plane")
+
+	cp := checkControlPlane(t, m)
+	if cp.Store.Type == model.StoreEtcd || cp.StateFile == "" {
+		t.Errorf("the edited config has store %q, state file %q", cp.Store.Type, cp.StateFile)
+	}
+	checkEnvoy(t, m, cp)
 }
 
 // checkScrapeConfig checks prometheus/prometheus.yaml against the
@@ -142,58 +206,45 @@ func checkScrapeConfig(t *testing.T, m *manifests) {
 	}
 }
 
-// checkControlPlane checks the control plane's Deployment, Service,
-// ConfigMap, Secret and volume, and returns its config.
+// checkControlPlane checks the control plane's Deployment, Services,
+// ConfigMap, Secrets and store, and returns its config.
 func checkControlPlane(t *testing.T, m *manifests) *model.File {
 	t.Helper()
 	d := mustGet(t, m.deployments, "mqtt-sticky-control-plane")
 	c := container(t, d, "control-plane")
+	if len(c.Args) == 0 || c.Args[0] != "serve" {
+		t.Fatalf("control plane args %v: not serve", c.Args)
+	}
 	cfgPath := argAfter(t, c.Args, "--config")
 	cm, key := mountedConfigMap(t, m, d, c, cfgPath)
 	cfg, err := model.ParseFile([]byte(cm.Data[key]))
 	if err != nil {
 		t.Fatalf("ConfigMap %s key %s: %v", cm.Name, key, err)
 	}
-
-	// The state file lives on the claimed volume, which one replica owns;
-	// the file store has one writer.
-	if cfg.StateFile == "" {
-		t.Error("the control plane keeps no state file: endpoint changes would be lost on restart")
-	}
-	vol := volumeAt(t, d, c, path.Dir(cfg.StateFile))
-	if vol.PersistentVolumeClaim == nil || m.pvcs[vol.PersistentVolumeClaim.ClaimName] == nil {
-		t.Errorf("state file %s is not on a PersistentVolumeClaim of the manifests", cfg.StateFile)
-	}
-	if r := d.Spec.Replicas; r == nil || *r != 1 || d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
-		t.Errorf("control plane: %v replicas, strategy %q; the file store needs exactly 1 and Recreate", d.Spec.Replicas, d.Spec.Strategy.Type)
-	}
+	checkStore(t, m, d, c, cfg)
 
 	// The API listens beyond loopback, so it needs the token: a file
-	// from a Secret (not an environment variable). xDS listens beyond
-	// loopback too, so it runs over mutual TLS, with files from a Secret.
+	// from a Secret. xDS listens beyond loopback too, so it runs over
+	// mutual TLS, with files from a Secret. No secret is in the
+	// environment, which only carries the downward API.
 	if cfg.APITokenFile == "" {
 		t.Error("the API listens beyond loopback without api_token_file")
 	} else {
 		secretFile(t, m, d, c, cfg.APITokenFile)
 	}
 	for _, e := range c.Env {
-		if e.Name == "MQTT_STICKY_API_TOKEN" {
-			t.Error("the API token is in the environment; give it as api_token_file")
+		if e.ValueFrom == nil || e.ValueFrom.FieldRef == nil {
+			t.Errorf("environment variable %s: not from the downward API; give secrets as files", e.Name)
 		}
 	}
 	if x := cfg.XDSTLS; !x.RequireClientCert {
 		t.Error("xDS listens beyond loopback without mutual TLS (xds_tls.require_client_cert)")
 	} else {
-		server := secretFile(t, m, d, c, x.CertFile)
-		for _, f := range []string{x.KeyFile, x.ClientCAFile} {
-			if s := secretFile(t, m, d, c, f); s != server {
-				t.Errorf("%s is not in the certificate's Secret %s", f, server.Name)
-			}
-		}
+		sameSecret(t, m, d, c, x.CertFile, x.KeyFile, x.ClientCAFile)
 	}
 
 	// Ports: the config's listen addresses, the container's named ports,
-	// the probes and the Service.
+	// the probes and the Services.
 	xdsPort := portOf(t, cfg.XDSListen)
 	apiPort := portOf(t, cfg.APIListen)
 	if p := containerPort(t, c, "xds"); p != xdsPort {
@@ -207,18 +258,141 @@ func checkControlPlane(t *testing.T, m *manifests) *model.File {
 			t.Errorf("%s probe: want GET /healthz on the API port %d", name, apiPort)
 		}
 	}
-	svc := mustGet(t, m.services, "mqtt-sticky")
-	checkSelects(t, "Service "+svc.Name, svc.Spec.Selector, d.Spec.Template.Labels)
+	// The API: one Service in front of every replica. xDS: a headless
+	// Service of the ready replicas, each of which the Envoys' xds
+	// cluster lists (checkEnvoy checks that side).
 	for _, want := range []struct {
-		name string
-		port int
-	}{{"xds", xdsPort}, {"api", apiPort}} {
-		sp := servicePort(t, svc, want.name)
-		if resolvePort(t, c, sp.TargetPort) != want.port {
-			t.Errorf("Service %s port %s targets %v, the container serves it on %d", svc.Name, want.name, sp.TargetPort.String(), want.port)
+		service, port string
+		headless      bool
+		target        int
+	}{{"mqtt-sticky", "api", false, apiPort}, {xdsService, "xds", true, xdsPort}} {
+		svc := mustGet(t, m.services, want.service)
+		checkSelects(t, "Service "+svc.Name, svc.Spec.Selector, d.Spec.Template.Labels)
+		if len(svc.Spec.Ports) != 1 {
+			t.Errorf("Service %s has %d ports, want only %s", svc.Name, len(svc.Spec.Ports), want.port)
+		}
+		if sp := servicePort(t, svc, want.port); resolvePort(t, c, sp.TargetPort) != want.target {
+			t.Errorf("Service %s port %s targets %v, the container serves it on %d", svc.Name, want.port, sp.TargetPort.String(), want.target)
+		}
+		if headless := svc.Spec.ClusterIP == corev1.ClusterIPNone; headless != want.headless {
+			t.Errorf("Service %s: headless %v, want %v", svc.Name, headless, want.headless)
+		}
+		if svc.Spec.PublishNotReadyAddresses {
+			t.Errorf("Service %s publishes replicas that are not ready", svc.Name)
 		}
 	}
 	return cfg
+}
+
+// xdsService is the headless Service the Envoys reach the control plane's
+// replicas by.
+const xdsService = "mqtt-sticky-xds"
+
+// checkStore checks where the control plane keeps its state against its
+// Deployment. Several replicas need the etcd store; the file store has
+// one writer.
+func checkStore(t *testing.T, m *manifests, d *appsv1.Deployment, c *corev1.Container, cfg *model.File) {
+	t.Helper()
+	replicas := int32(1)
+	if d.Spec.Replicas != nil {
+		replicas = *d.Spec.Replicas
+	}
+	if cfg.Store.Type != model.StoreEtcd {
+		// The file store: exactly one replica, which owns the state file
+		// on a claimed volume; the old one stops before the new starts.
+		if replicas != 1 || d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+			t.Errorf("control plane on the file store: %d replicas, strategy %q; it needs exactly 1 and Recreate (several replicas need store type etcd)", replicas, d.Spec.Strategy.Type)
+		}
+		if cfg.StateFile == "" {
+			t.Error("the control plane keeps no state file: endpoint changes would be lost on restart")
+		} else if vol := volumeAt(t, d, c, path.Dir(cfg.StateFile)); vol.PersistentVolumeClaim == nil || m.pvcs[vol.PersistentVolumeClaim.ClaimName] == nil {
+			t.Errorf("state file %s is not on a PersistentVolumeClaim of the manifests", cfg.StateFile)
+		}
+		if slices.Contains(c.Args, "--replica-name") {
+			t.Error("--replica-name with the file store: the control plane refuses to start")
+		}
+		checkDisruptionBudget(t, m, d, replicas)
+		return
+	}
+
+	// etcd, over TLS with a client certificate, and a password (if any)
+	// from a file: all from one mounted Secret.
+	e := cfg.Store.Etcd
+	for _, u := range e.Endpoints {
+		if !strings.HasPrefix(u, "https://") {
+			t.Errorf("etcd endpoint %s: not over TLS", u)
+		}
+	}
+	if e.CAFile == "" || e.CertFile == "" {
+		t.Error("etcd: no CA or no client certificate")
+	} else {
+		files := []string{e.CAFile, e.CertFile, e.KeyFile}
+		if e.PasswordFile != "" {
+			files = append(files, e.PasswordFile)
+		}
+		sameSecret(t, m, d, c, files...)
+	}
+	// Each replica is named after its pod.
+	if argAfter(t, c.Args, "--replica-name") != "$(POD_NAME)" || fieldRef(c, "POD_NAME") != "metadata.name" {
+		t.Error("--replica-name is not $(POD_NAME) from metadata.name")
+	}
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.PersistentVolumeClaim != nil {
+			t.Errorf("volume %s: a claimed volume, which the etcd store does not need and which keeps replicas on one node", v.Name)
+		}
+	}
+	// A rolling update never takes both down, voluntary disruptions
+	// leave one, and the replicas prefer different nodes.
+	if s := d.Spec.Strategy; s.Type != appsv1.RollingUpdateDeploymentStrategyType || s.RollingUpdate == nil ||
+		s.RollingUpdate.MaxUnavailable == nil || s.RollingUpdate.MaxUnavailable.String() != "0" {
+		t.Errorf("control plane strategy %+v: want RollingUpdate with maxUnavailable 0", s)
+	}
+	if !checkDisruptionBudget(t, m, d, replicas) {
+		t.Error("no PodDisruptionBudget selects the control plane and keeps a replica up")
+	}
+	var terms []corev1.WeightedPodAffinityTerm
+	if a := d.Spec.Template.Spec.Affinity; a != nil && a.PodAntiAffinity != nil {
+		terms = a.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution
+	}
+	if !slices.ContainsFunc(terms, func(w corev1.WeightedPodAffinityTerm) bool {
+		return w.PodAffinityTerm.TopologyKey == corev1.LabelHostname && w.PodAffinityTerm.LabelSelector != nil &&
+			len(w.PodAffinityTerm.LabelSelector.MatchLabels) > 0 && isSubset(w.PodAffinityTerm.LabelSelector.MatchLabels, d.Spec.Template.Labels)
+	}) {
+		t.Error("the control-plane replicas have no preferred pod anti-affinity across nodes")
+	}
+}
+
+// checkDisruptionBudget checks the PodDisruptionBudgets that select the
+// Deployment's pods: each keeps at least one up, and lets one go (a
+// budget of every replica blocks every drain). It reports whether one
+// keeps at least one up.
+func checkDisruptionBudget(t *testing.T, m *manifests, d *appsv1.Deployment, replicas int32) bool {
+	t.Helper()
+	keeps := false
+	for _, pdb := range m.disruptions {
+		if pdb.Spec.Selector == nil || !isSubset(pdb.Spec.Selector.MatchLabels, d.Spec.Template.Labels) {
+			continue
+		}
+		least := pdb.Spec.MinAvailable
+		if least == nil || least.Type != intstr.Int || least.IntVal < 1 || least.IntVal >= replicas {
+			t.Errorf("PodDisruptionBudget %s: minAvailable %v of %d replicas; it must keep at least 1 up and let 1 go, or it blocks every node drain", pdb.Name, least, replicas)
+			continue
+		}
+		keeps = true
+	}
+	return keeps
+}
+
+// sameSecret checks that the files come from one Secret the container
+// mounts.
+func sameSecret(t *testing.T, m *manifests, d *appsv1.Deployment, c *corev1.Container, files ...string) {
+	t.Helper()
+	first := secretFile(t, m, d, c, files[0])
+	for _, f := range files[1:] {
+		if s := secretFile(t, m, d, c, f); s != first {
+			t.Errorf("%s is in Secret %s, %s in %s: want one Secret", f, s.Name, files[0], first.Name)
+		}
+	}
 }
 
 // checkEnvoy checks Envoy's Deployment, bootstrap, Service and
@@ -287,8 +461,14 @@ func checkEnvoy(t *testing.T, m *manifests, cp *model.File) {
 	xds := clusterNamed(t, boot, "xds")
 	refXDS := clusterNamed(t, ref, "xds")
 	addr := get(t, xds, "load_assignment", "endpoints", 0, "lb_endpoints", 0, "endpoint", "address", "socket_address").(map[string]any)
-	svc := mustGet(t, m.services, "mqtt-sticky")
+	// The xds cluster resolves the control plane's headless Service, and
+	// makes every address (every ready replica) a host: when the stream
+	// to one breaks, the ADS retry policy tries the next.
+	svc := mustGet(t, m.services, xdsService)
 	wantHost := fmt.Sprintf("%s.%s.svc.cluster.local", svc.Name, svc.Namespace)
+	if xds["type"] != "STRICT_DNS" {
+		t.Errorf("bootstrap xds cluster type %v: only STRICT_DNS makes each replica a host", xds["type"])
+	}
 	if addr["address"] != wantHost || toInt(t, addr["port_value"]) != int(servicePort(t, svc, "xds").Port) {
 		t.Errorf("bootstrap xDS address %v:%v, want Service %s port %d", addr["address"], addr["port_value"], wantHost, servicePort(t, svc, "xds").Port)
 	}
@@ -637,6 +817,16 @@ func servicePort(t *testing.T, s *corev1.Service, name string) corev1.ServicePor
 	}
 	t.Fatalf("Service %s has no port %s", s.Name, name)
 	return corev1.ServicePort{}
+}
+
+// isSubset reports whether selector selects pods with labels.
+func isSubset(selector, labels map[string]string) bool {
+	for k, v := range selector {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return len(selector) > 0
 }
 
 func checkSelects(t *testing.T, what string, selector, labels map[string]string) {

@@ -28,10 +28,10 @@ import (
 // xdsCerts runs `mqtt-sticky certs` into dir: a CA on the first run, a new
 // server and client certificate on every run. The server certificate
 // names xds (envoy/bootstrap-mtls.yaml's server name), the Kubernetes
-// Service's name, and 127.0.0.1.
+// xDS Service's name, and 127.0.0.1.
 func xdsCerts(t *testing.T, dir string) {
 	t.Helper()
-	out, err := exec.Command(cliPath, "certs", "--dir", dir, "--server-names", "xds,mqtt-sticky.mqtt.svc.cluster.local,127.0.0.1",
+	out, err := exec.Command(cliPath, "certs", "--dir", dir, "--server-names", "xds,mqtt-sticky-xds.mqtt.svc.cluster.local,127.0.0.1",
 		"--client", "envoy-mtls").CombinedOutput()
 	if err != nil {
 		t.Fatalf("mqtt-sticky certs: %v\n%s", err, out)
