@@ -623,13 +623,17 @@ func fieldRef(c *corev1.Container, name string) string {
 	return ""
 }
 
-// readManifests decodes every document of kubernetes/*.yaml strictly.
+// readManifests decodes every document of kubernetes/*.yaml strictly,
+// and the Secrets' shapes in kubernetes/secrets/*.yaml, which are not
+// applied with the rest.
 func readManifests(t *testing.T) *manifests {
 	t.Helper()
 	files, _ := filepath.Glob(filepath.Join("kubernetes", "*.yaml"))
-	if len(files) == 0 {
-		t.Fatal("no kubernetes/*.yaml")
+	secrets, _ := filepath.Glob(filepath.Join("kubernetes", "secrets", "*.yaml"))
+	if len(files) == 0 || len(secrets) == 0 {
+		t.Fatal("no kubernetes/*.yaml or kubernetes/secrets/*.yaml")
 	}
+	files = append(files, secrets...)
 	m := &manifests{
 		namespaces: map[string]*corev1.Namespace{}, configMaps: map[string]*corev1.ConfigMap{},
 		secrets: map[string]*corev1.Secret{}, services: map[string]*corev1.Service{},
@@ -657,6 +661,11 @@ func readManifests(t *testing.T) *manifests {
 				o := &corev1.ConfigMap{}
 				obj, add = o, func() { m.configMaps[o.Name] = o }
 			case "v1 Secret":
+				// Applied with the rest, a placeholder Secret would
+				// replace the real one with empty values.
+				if filepath.Base(filepath.Dir(f)) != "secrets" {
+					t.Errorf("%s: Secret in a file `kubectl apply -f deploy/kubernetes/` applies; keep Secrets in kubernetes/secrets/", where)
+				}
 				o := &corev1.Secret{}
 				obj, add = o, func() { m.secrets[o.Name] = o }
 			case "v1 Service":
