@@ -14,7 +14,6 @@ func BenchmarkRoutedRead(b *testing.B) {
 	cfg, _ := contract.ParseConfig(nil)
 	c := newFake()
 	f := New(cfg, c)
-	f.OnNewConnection()
 	if f.OnRead([][]byte{connect(mqtt.Level311, "routed", "")}, false) != Routed {
 		b.Fatal("not routed")
 	}
@@ -27,16 +26,17 @@ func BenchmarkRoutedRead(b *testing.B) {
 	}
 }
 
-// BenchmarkRouteConnection is the Go-side work for one connection: new
-// connection, one read holding the whole CONNECT, routing.
+// BenchmarkRouteConnection is the Go-side work for one connection, as
+// package abi does it: a recycled Filter, one read holding the whole
+// CONNECT, routing.
 func BenchmarkRouteConnection(b *testing.B) {
 	cfg, _ := contract.ParseConfig(nil)
 	pkt := [][]byte{connect(mqtt.Level311, "sensor-7f3a9c21-kitchen", "fleet-a")}
 	c := newFake()
+	f := New(cfg, c)
 	b.ReportAllocs()
 	for b.Loop() {
-		f := New(cfg, c)
-		f.OnNewConnection()
+		f.Reset(cfg, c)
 		if f.OnRead(pkt, false) != Routed {
 			b.Fatal("not routed")
 		}

@@ -46,11 +46,21 @@ const (
 // Conn is the connection a Filter works on. Envoy's callbacks are only
 // valid on the connection's worker thread, inside a hook, so every method
 // must be called from a Filter method that Envoy invoked.
+//
+// What is the same for every connection is kept by the caller, not here:
+// from accept until the connection is routed or closed, package abi counts
+// it in the waiting_for_connect gauge and holds its CONNECT deadline, and
+// it calls OnTimeout when the deadline passes. A Filter only exists while
+// there is a decision to make.
 type Conn interface {
 	// SetHashKey stores the routing key as the hashable filter state that
 	// tcp_proxy's hash policy reads. It reports false if Envoy refused it.
 	SetHashKey(key string) bool
 	SetMetadata(key, value string)
+	// SetMetadataStrings sets several string values at once: Envoy copies
+	// the namespace's metadata on every set, so one call for all of them
+	// costs a third of three.
+	SetMetadataStrings(fields []Field)
 	SetMetadataNumber(key string, value float64)
 	// ReadEnabled reports whether Envoy is reading from the client. A
 	// tcp_proxy without max_early_data_bytes disables reading as soon as
@@ -65,13 +75,8 @@ type Conn interface {
 	// calls the filter's OnClose from inside it.
 	Close(details string)
 	Inc(c Counter)
-	AddGauge(g Gauge, delta int64)
 	Record(h Histogram, value uint64)
 	Log(level LogLevel, msg string)
-	// ArmTimer makes Envoy call OnTimer on this connection's worker after
-	// d, unless DisarmTimer is called first.
-	ArmTimer(d time.Duration)
-	DisarmTimer()
 
 	// IsTLS reports whether the client connected over TLS.
 	IsTLS() bool
@@ -89,6 +94,9 @@ type Conn interface {
 	SetSSLTLV(value []byte)
 }
 
+// Field is one string of dynamic metadata.
+type Field struct{ Key, Value string }
+
 type state uint8
 
 const (
@@ -105,8 +113,8 @@ type Filter struct {
 	state   state
 	parser  mqtt.Parser
 	copied  []byte    // the buffered bytes, when Envoy holds them in more than one chunk
-	started bool      // OnNewConnection ran: the timer and gauge are live
-	arrived time.Time // when OnNewConnection ran, for the ConnectWait histogram
+	seen    bool      // a read carried bytes
+	arrived time.Time // when the connection arrived, for the ConnectWait histogram; zero if unknown
 	// identities holds the client certificate parts looked up so far
 	// (identity.go); empty unless the config needs a certificate.
 	identities []identity
@@ -117,23 +125,38 @@ var now = time.Now
 
 // New returns the filter for a new connection.
 func New(cfg *contract.Config, conn Conn) *Filter {
-	f := &Filter{cfg: cfg, conn: conn}
-	f.parser.MaxPacketSize = cfg.MaxConnectBytes
+	f := &Filter{}
+	f.Reset(cfg, conn)
 	return f
 }
 
+// Reset makes f the filter of a new connection, keeping its buffers, so
+// that a caller can reuse Filters.
+func (f *Filter) Reset(cfg *contract.Config, conn Conn) {
+	copied := f.copied[:0]
+	clear(f.identities)
+	*f = Filter{cfg: cfg, conn: conn, copied: copied, identities: f.identities[:0]}
+	if copied != nil && cap(copied) > 4096 {
+		f.copied = nil // do not keep a large CONNECT's buffer around
+	}
+	f.parser.MaxPacketSize = cfg.MaxConnectBytes
+}
+
+// SetArrival records when the connection arrived, for the ConnectWait
+// histogram. Package abi keeps that time for every connection and sets it
+// on the Filter it makes for the connection's first read.
+func (f *Filter) SetArrival(t time.Time) { f.arrived = t }
+
 // OnNewConnection holds the connection: tcp_proxy does not open an upstream
-// connection until OnRead returns Routed.
+// connection until OnRead returns Routed. A connection Envoy is not reading
+// from is refused at once: its CONNECT could never arrive. (Package abi
+// checks ReadEnabled itself and calls OnNewConnection only to refuse, so
+// that an ordinary connection does not enter Go before its first read.)
 func (f *Filter) OnNewConnection() Status {
 	if !f.conn.ReadEnabled() {
 		f.refuse(RejectReadDisabled, "reading is disabled before the CONNECT could arrive",
 			"set max_early_data_bytes on the tcp_proxy that follows mqtt_sticky")
-		return Stop
 	}
-	f.started = true
-	f.arrived = now()
-	f.conn.AddGauge(Waiting, 1)
-	f.conn.ArmTimer(f.cfg.ConnectTimeout())
 	return Stop
 }
 
@@ -147,6 +170,9 @@ func (f *Filter) OnRead(chunks [][]byte, endStream bool) Status {
 		return Stop
 	}
 	data := f.contiguous(chunks)
+	if len(data) > 0 {
+		f.seen = true
+	}
 	st, err := f.parser.Feed(data)
 	switch st {
 	case mqtt.Done:
@@ -178,7 +204,7 @@ func (f *Filter) OnRead(chunks [][]byte, endStream bool) Status {
 // prefix already copied is still valid. The copy stops at the CONNECT size
 // limit, past which the parser refuses anyway.
 func (f *Filter) contiguous(chunks [][]byte) []byte {
-	if len(chunks) == 1 && f.copied == nil {
+	if len(chunks) == 1 && len(f.copied) == 0 {
 		return chunks[0]
 	}
 	if len(chunks) == 0 {
@@ -200,9 +226,6 @@ func (f *Filter) contiguous(chunks [][]byte) []byte {
 		if len(f.copied) >= limit {
 			break
 		}
-	}
-	if f.copied == nil {
-		f.copied = []byte{}
 	}
 	return f.copied
 }
@@ -232,14 +255,17 @@ func (f *Filter) route(c *mqtt.Connect) Status {
 		f.refuse(RejectInternal, "Envoy refused the routing key", "is the "+contract.FilterStateKey+" object factory linked in?")
 		return Stop
 	}
-	f.conn.SetMetadata("client_id", logSafe(c.ClientID))
+	fields := [4]Field{{"client_id", logSafe(c.ClientID)}, {"protocol_version", c.Level.String()}}
+	n := 2
 	if c.HasUsername {
-		f.conn.SetMetadata("username", logSafe(c.Username))
+		fields[n] = Field{"username", logSafe(c.Username)}
+		n++
 	}
 	if id := f.usedIdentity(); id != "" {
-		f.conn.SetMetadata("identity", logSafe(id))
+		fields[n] = Field{"identity", logSafe(id)}
+		n++
 	}
-	f.conn.SetMetadata("protocol_version", c.Level.String())
+	f.conn.SetMetadataStrings(fields[:n])
 	f.conn.SetMetadataNumber("keep_alive", float64(c.KeepAlive))
 	switch c.Level {
 	case mqtt.Level31:
@@ -249,7 +275,7 @@ func (f *Filter) route(c *mqtt.Connect) Status {
 	default:
 		f.conn.Inc(ConnectMQTT5)
 	}
-	if f.started {
+	if !f.arrived.IsZero() {
 		f.conn.Record(ConnectWait, uint64(now().Sub(f.arrived).Milliseconds()))
 	}
 	f.finish(routed)
@@ -308,36 +334,45 @@ func (f *Filter) rejectEmptyKey(level mqtt.Level) {
 	f.refuse(RejectEmptyKey, "empty "+string(f.cfg.HashKey)+" refused", "")
 }
 
-// OnTimer closes a connection that has not completed its CONNECT in time.
-func (f *Filter) OnTimer() {
+// OnTimeout closes a connection that has not completed its CONNECT within
+// connect_timeout_ms.
+func (f *Filter) OnTimeout() {
 	if f.state != waiting {
 		return
 	}
 	f.refuse(Timeout, "no complete CONNECT within connect_timeout_ms", "")
 }
 
-// OnClose is called when the connection closes, from either side.
+// OnClose is called when the connection closes, from either side. A
+// connection that ends while it waits for its CONNECT is counted like one
+// whose client half-closed it, so that every connection the filter holds
+// ends up in exactly one counter: closed_before_connect when it sent
+// nothing, rejected_truncated otherwise.
 func (f *Filter) OnClose() {
-	if f.state == waiting {
-		f.finish(closed)
+	if f.state != waiting {
+		return
+	}
+	f.finish(closed)
+	if f.seen {
+		f.conn.Inc(RejectTruncated)
+	} else {
+		f.conn.Inc(ClosedEarly)
 	}
 }
 
-// Destroy releases the filter; Envoy will not call it again.
-func (f *Filter) Destroy() { f.OnClose() }
+// Routed reports whether the filter has routed its connection.
+func (f *Filter) Routed() bool { return f.state == routed }
 
-// finish leaves the waiting state: the timer and the gauge are released
-// exactly once.
+// Waiting reports whether the filter still waits for the CONNECT.
+func (f *Filter) Waiting() bool { return f.state == waiting }
+
+// finish leaves the waiting state.
 func (f *Filter) finish(s state) {
 	if f.state != waiting {
 		return
 	}
 	f.state = s
-	f.copied = nil
-	if f.started {
-		f.conn.DisarmTimer()
-		f.conn.AddGauge(Waiting, -1)
-	}
+	f.copied = f.copied[:0]
 }
 
 // refuse counts, logs and closes a connection that will not be routed.

@@ -22,11 +22,9 @@ type fakeConn struct {
 	written  []byte
 	closed   []string
 	counters map[Counter]int
-	gauge    int64
 	waits    int    // ConnectWait values recorded
 	lastWait uint64 // the last of them
 	logs     []string
-	timer    time.Duration // armed duration, 0 when disarmed
 	f        *Filter
 
 	tls       bool     // the connection is TLS
@@ -48,7 +46,12 @@ func (c *fakeConn) SetHashKey(key string) bool {
 	c.hashKey = &key
 	return true
 }
-func (c *fakeConn) SetMetadata(k, v string)               { c.metadata[k] = v }
+func (c *fakeConn) SetMetadata(k, v string) { c.metadata[k] = v }
+func (c *fakeConn) SetMetadataStrings(fs []Field) {
+	for _, f := range fs {
+		c.metadata[f.Key] = f.Value
+	}
+}
 func (c *fakeConn) SetMetadataNumber(k string, v float64) { c.numbers[k] = v }
 func (c *fakeConn) ReadEnabled() bool                     { return !c.readDisabled }
 func (c *fakeConn) RemoteAddress() (string, uint32, bool) {
@@ -61,8 +64,7 @@ func (c *fakeConn) Close(details string) {
 		c.f.OnClose() // Envoy raises LocalClose from inside close()
 	}
 }
-func (c *fakeConn) Inc(k Counter)             { c.counters[k]++ }
-func (c *fakeConn) AddGauge(_ Gauge, d int64) { c.gauge += d }
+func (c *fakeConn) Inc(k Counter) { c.counters[k]++ }
 func (c *fakeConn) Record(h Histogram, v uint64) {
 	if h == ConnectWait {
 		c.waits++
@@ -70,8 +72,6 @@ func (c *fakeConn) Record(h Histogram, v uint64) {
 	}
 }
 func (c *fakeConn) Log(_ LogLevel, msg string) { c.logs = append(c.logs, msg) }
-func (c *fakeConn) ArmTimer(d time.Duration)   { c.timer = d }
-func (c *fakeConn) DisarmTimer()               { c.timer = 0 }
 func (c *fakeConn) IsTLS() bool                { return c.tls }
 func (c *fakeConn) TLSVersion() string         { return "TLSv1.3" }
 func (c *fakeConn) PeerSubject() string        { c.certReads++; return c.subject }
@@ -88,6 +88,7 @@ func newFilter(t *testing.T, cfgJSON string) (*Filter, *fakeConn) {
 	c := newFake()
 	f := New(cfg, c)
 	c.f = f
+	f.SetArrival(now()) // as package abi does with its record of the connection
 	if st := f.OnNewConnection(); st != Stop {
 		t.Fatalf("OnNewConnection = %v, want Stop", st)
 	}
@@ -101,9 +102,6 @@ func connect(level mqtt.Level, clientID, username string) []byte {
 
 func TestRoutesOnClientID(t *testing.T) {
 	f, c := newFilter(t, "")
-	if c.timer != 10*time.Second || c.gauge != 1 {
-		t.Fatalf("after OnNewConnection: timer %v, gauge %d", c.timer, c.gauge)
-	}
 	if st := f.OnRead([][]byte{connect(mqtt.Level5, "dev-1", "alice")}, false); st != Routed {
 		t.Fatalf("OnRead = %v, want Routed", st)
 	}
@@ -119,8 +117,8 @@ func TestRoutesOnClientID(t *testing.T) {
 	if c.numbers["keep_alive"] != 45 {
 		t.Errorf("keep_alive metadata = %v", c.numbers["keep_alive"])
 	}
-	if c.counters[ConnectMQTT5] != 1 || c.timer != 0 || c.gauge != 0 || len(c.closed) != 0 {
-		t.Errorf("counters %v, timer %v, gauge %d, closed %v", c.counters, c.timer, c.gauge, c.closed)
+	if c.counters[ConnectMQTT5] != 1 || len(c.counters) != 1 || len(c.closed) != 0 || !f.Routed() {
+		t.Errorf("counters %v, closed %v", c.counters, c.closed)
 	}
 	// Every later read passes through and counts nothing.
 	if st := f.OnRead([][]byte{{0x30, 0x00}}, false); st != Continue || c.counters[ConnectMQTT5] != 1 {
@@ -255,8 +253,8 @@ func TestRefusals(t *testing.T) {
 			if c.counters[tt.want] != 1 || (len(c.closed) == 1) != tt.close {
 				t.Errorf("counters %v, closed %v", c.counters, c.closed)
 			}
-			if c.hashKey != nil || c.timer != 0 || c.gauge != 0 {
-				t.Errorf("after refusal: key %v, timer %v, gauge %d", c.hashKey, c.timer, c.gauge)
+			if c.hashKey != nil || f.Waiting() || len(c.counters) != 1 {
+				t.Errorf("after refusal: key %v, waiting %v, counters %v", c.hashKey, f.Waiting(), c.counters)
 			}
 			if tt.want != ClosedEarly && (len(c.logs) == 0 || !strings.Contains(c.logs[0], "127.0.0.9:40001")) {
 				t.Errorf("log lines %q do not name the client", c.logs)
@@ -271,34 +269,60 @@ func TestRefusals(t *testing.T) {
 
 func TestTimeout(t *testing.T) {
 	f, c := newFilter(t, `{"connect_timeout_ms": 250}`)
-	if c.timer != 250*time.Millisecond {
-		t.Fatalf("timer armed for %v", c.timer)
-	}
 	f.OnRead([][]byte{{0x10}}, false)
-	f.OnTimer()
-	if c.counters[Timeout] != 1 || len(c.closed) != 1 || c.gauge != 0 {
-		t.Errorf("counters %v, closed %v, gauge %d", c.counters, c.closed, c.gauge)
+	f.OnTimeout()
+	if c.counters[Timeout] != 1 || len(c.counters) != 1 || len(c.closed) != 1 || f.Waiting() {
+		t.Errorf("counters %v, closed %v", c.counters, c.closed)
 	}
-	f.OnTimer() // a late event changes nothing
+	f.OnTimeout() // a late event changes nothing
 	if c.counters[Timeout] != 1 {
-		t.Errorf("second timer event counted again")
+		t.Errorf("second timeout counted again")
 	}
 
 	f, c = newFilter(t, "")
 	f.OnRead([][]byte{connect(mqtt.Level311, "quick", "")}, false)
-	f.OnTimer()
+	f.OnTimeout()
 	if c.counters[Timeout] != 0 || len(c.closed) != 0 {
-		t.Errorf("timer after routing closed the connection")
+		t.Errorf("timeout after routing closed the connection")
 	}
 }
 
-func TestClientCloseReleasesTheSlot(t *testing.T) {
+// A connection that closes while it waits (the client reset it, or Envoy
+// closed it) lands in exactly one counter, by whether it sent anything.
+func TestCloseWhileWaitingIsCounted(t *testing.T) {
 	f, c := newFilter(t, "")
 	f.OnRead([][]byte{{0x10, 0x0d}}, false)
 	f.OnClose()
-	f.Destroy()
-	if c.gauge != 0 || c.timer != 0 {
-		t.Errorf("gauge %d, timer %v after close", c.gauge, c.timer)
+	f.OnClose()
+	if c.counters[RejectTruncated] != 1 || len(c.counters) != 1 || f.Waiting() {
+		t.Errorf("partial CONNECT, then close: counters %v", c.counters)
+	}
+	f, c = newFilter(t, "")
+	f.OnClose()
+	if c.counters[ClosedEarly] != 1 || len(c.counters) != 1 {
+		t.Errorf("close before any byte: counters %v", c.counters)
+	}
+	f, c = newFilter(t, "")
+	f.OnRead([][]byte{connect(mqtt.Level311, "done", "")}, false)
+	f.OnClose()
+	if c.counters[ConnectMQTT311] != 1 || len(c.counters) != 1 {
+		t.Errorf("close after routing: counters %v", c.counters)
+	}
+}
+
+// A Filter reset for a new connection starts afresh.
+func TestResetForReuse(t *testing.T) {
+	f, c := newFilter(t, "")
+	f.OnRead([][]byte{{0x10, 0x0d, 0x00}, {0x04}}, false) // two chunks: copied
+	cfg, _ := contract.ParseConfig([]byte(`{"hash_key": "username"}`))
+	c2 := newFake()
+	f.Reset(cfg, c2)
+	c2.f = f
+	if st := f.OnRead([][]byte{connect(mqtt.Level311, "id", "user")}, false); st != Routed || *c2.hashKey != "user" {
+		t.Errorf("after Reset: %v, key %v", st, c2.hashKey)
+	}
+	if len(c.counters) != 0 {
+		t.Errorf("the old connection saw %v", c.counters)
 	}
 }
 
@@ -365,8 +389,8 @@ func TestReadDisabledIsLoud(t *testing.T) {
 	if len(c.logs) != 1 || !strings.Contains(c.logs[0], "max_early_data_bytes") {
 		t.Errorf("log %q does not say how to fix it", c.logs)
 	}
-	if c.gauge != 0 || c.timer != 0 {
-		t.Errorf("gauge %d, timer %v", c.gauge, c.timer)
+	if f.Waiting() {
+		t.Error("still waiting")
 	}
 }
 

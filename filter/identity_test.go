@@ -77,8 +77,8 @@ func TestNoIdentityFailsClosed(t *testing.T) {
 			if !bytes.Equal(c.written, want) {
 				t.Errorf("%s, MQTT %s: wrote % x, want CONNACK not authorized % x", tt.name, level, c.written, want)
 			}
-			if c.counters[RejectNoIdentity] != 1 || len(c.closed) != 1 || c.hashKey != nil || c.gauge != 0 {
-				t.Errorf("%s: counters %v, closed %v, key %v, gauge %d", tt.name, c.counters, c.closed, c.hashKey, c.gauge)
+			if c.counters[RejectNoIdentity] != 1 || len(c.closed) != 1 || c.hashKey != nil || f.Waiting() {
+				t.Errorf("%s: counters %v, closed %v, key %v, waiting %v", tt.name, c.counters, c.closed, c.hashKey, f.Waiting())
 			}
 			if len(c.logs) != 1 || !strings.Contains(c.logs[0], tt.log) {
 				t.Errorf("%s: logs %q, want one mentioning %q", tt.name, c.logs, tt.log)

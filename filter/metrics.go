@@ -21,6 +21,7 @@ const (
 	RejectReadDisabled                // Envoy was not reading: tcp_proxy lacks max_early_data_bytes
 	RejectIdentity                    // client ID or user name is not the certificate's identity
 	RejectNoIdentity                  // the config needs a certificate identity the connection lacks
+	Accepted                          // connections the filter held for their CONNECT (counted by package abi)
 	rejectFirst                       // one counter per parser refusal reason follows
 )
 
@@ -46,6 +47,7 @@ func CounterNames() []string {
 		RejectReadDisabled: "rejected_read_disabled",
 		RejectIdentity:     "rejected_identity",
 		RejectNoIdentity:   "rejected_no_identity",
+		Accepted:           "accepted",
 	}
 	for _, r := range mqtt.Reasons() {
 		names = append(names, "rejected_"+r.String())
@@ -60,6 +62,7 @@ const (
 	// Waiting counts connections held while their CONNECT arrives. A
 	// growing value means slow or idle clients (or an attack) are using
 	// connection slots; connect_timeout_ms bounds how long each stays.
+	// Package abi keeps it, for every connection.
 	Waiting Gauge = iota
 )
 

@@ -1,16 +1,22 @@
 // Package abi connects package filter to Envoy's dynamic-module ABI. It is
-// the only package with cgo: the hooks Envoy calls live in shim.c, which
-// enters Go through the exports below only while a connection waits for
-// its CONNECT; the callbacks into Envoy are wrapped by conn, which
-// implements filter.Conn.
+// the only package with cgo. The hooks Envoy calls live in shim.c, which
+// does what is the same for every connection (counting it, its CONNECT
+// deadline, kept by waiting.c, and passing routed connections through)
+// and enters Go, through the exports in hooks.go, only for decisions: the
+// reads that carry the CONNECT, a deadline that passed, a close while
+// waiting, a connection Envoy does not read. The callbacks into Envoy are
+// wrapped by conn, which implements filter.Conn.
 //
-// Envoy holds integer handles, never Go pointers: the filter config and
-// each waiting connection are kept in runtime/cgo handles, and a
-// connection's handle is deleted as soon as it is routed.
+// Envoy holds integer handles and C records, never Go pointers: the filter
+// config is kept in a runtime/cgo handle, and so is a connection's Go
+// state while its CONNECT is incomplete across reads. A connection whose
+// CONNECT arrives in one read gets no handle at all.
 package abi
 
 /*
-#include "abi.h"
+#include <stdlib.h>
+
+#include "conn.h"
 */
 import "C"
 
@@ -20,71 +26,64 @@ import (
 	"runtime/cgo"
 	"runtime/debug"
 	"sync"
-	"time"
 	"unsafe"
 
 	"github.com/mqtt-sticky/mqtt-sticky/contract"
 	"github.com/mqtt-sticky/mqtt-sticky/filter"
 )
 
-// Statuses returned to shim.c; 0 and 1 are Envoy's Continue and
-// StopIteration, 2 is shim.c's MQTT_STICKY_ROUTED.
-const (
-	statusContinue C.int = 0
-	statusStop     C.int = 1
-	statusRouted   C.int = 2
-)
-
-// timerEvent is the scheduler event id for the CONNECT timeout.
-const timerEvent = 1
-
 // config is the module's side of one filter config.
 type config struct {
 	filter     *contract.Config
 	counters   []C.size_t // Envoy's ids, indexed by filter.Counter
-	gauges     []C.size_t // indexed by filter.Gauge
 	histograms []C.size_t // indexed by filter.Histogram
 }
 
 //export mqttStickyConfigNew
-func mqttStickyConfigNew(envoyConfig unsafe.Pointer, name *C.char, nameLen C.size_t, raw *C.char, rawLen C.size_t) (handle C.uintptr_t) {
+func mqttStickyConfigNew(envoyConfig unsafe.Pointer, name *C.char, nameLen C.size_t, raw *C.char, rawLen C.size_t, out *C.mqtt_sticky_config) (ok bool) {
 	defer func() {
 		if r := recover(); r != nil {
 			hostLog(filter.LogCritical, fmt.Sprintf("mqtt_sticky: panic while creating the filter config: %v\n%s", r, debug.Stack()))
-			handle = 0
+			ok = false
 		}
 	}()
+	configureRuntime()
 	filterName := C.GoStringN(name, C.int(nameLen))
 	if filterName != contract.FilterName {
 		hostLog(filter.LogError, fmt.Sprintf("mqtt_sticky: unknown filter_name %q: this module provides %q", filterName, contract.FilterName))
-		return 0
+		return false
 	}
 	fc, err := contract.ParseConfig(C.GoBytes(unsafe.Pointer(raw), C.int(rawLen)))
 	if err != nil {
 		hostLog(filter.LogError, "mqtt_sticky: rejecting filter_config: "+err.Error())
-		return 0
+		return false
 	}
 	cfg := &config{filter: fc}
 	envoyCfg := C.envoy_network_filter_config_envoy_ptr(envoyConfig)
-	var ok bool
-	if cfg.counters, ok = defineMetrics("counter", filter.CounterNames(), func(name C.envoy_dynamic_module_type_module_buffer, id *C.size_t) C.envoy_metrics_result {
+	cfg.counters, ok = defineMetrics("counter", filter.CounterNames(), func(name C.envoy_dynamic_module_type_module_buffer, id *C.size_t) C.envoy_metrics_result {
 		return C.envoy_dynamic_module_callback_network_filter_config_define_counter(envoyCfg, name, id)
-	}); !ok {
-		return 0
+	})
+	if !ok {
+		return false
 	}
-	if cfg.gauges, ok = defineMetrics("gauge", filter.GaugeNames(), func(name C.envoy_dynamic_module_type_module_buffer, id *C.size_t) C.envoy_metrics_result {
+	gauges, ok := defineMetrics("gauge", filter.GaugeNames(), func(name C.envoy_dynamic_module_type_module_buffer, id *C.size_t) C.envoy_metrics_result {
 		return C.envoy_dynamic_module_callback_network_filter_config_define_gauge(envoyCfg, name, id)
-	}); !ok {
-		return 0
+	})
+	if !ok {
+		return false
 	}
 	if cfg.histograms, ok = defineMetrics("histogram", filter.HistogramNames(), func(name C.envoy_dynamic_module_type_module_buffer, id *C.size_t) C.envoy_metrics_result {
 		return C.envoy_dynamic_module_callback_network_filter_config_define_histogram(envoyCfg, name, id)
 	}); !ok {
-		return 0
+		return false
 	}
 	hostLog(filter.LogInfo, fmt.Sprintf("mqtt_sticky: filter config loaded: hash_key=%s empty_key=%s max_connect_bytes=%d connect_timeout_ms=%d identity_binding=%s identity_source=%s proxy_protocol_cn=%v",
 		fc.HashKey, fc.EmptyKey, fc.MaxConnectBytes, fc.ConnectTimeoutMs, fc.IdentityBinding, fc.IdentitySource, fc.ProxyProtocolCN))
-	return C.uintptr_t(cgo.NewHandle(cfg))
+	out.handle = C.uintptr_t(cgo.NewHandle(cfg))
+	out.timeout_ns = C.int64_t(fc.ConnectTimeout())
+	out.waiting_gauge = gauges[filter.Waiting]
+	out.accepted_counter = cfg.counters[filter.Accepted]
+	return true
 }
 
 // defineMetrics defines one metric per name while the config is created
@@ -110,162 +109,21 @@ func mqttStickyConfigDestroy(handle C.uintptr_t) {
 	}
 }
 
-// conn is one waiting connection: the filter plus the Envoy pointer its
-// callbacks need. It implements filter.Conn.
+// conn is one connection while Go works on it: the filter plus the Envoy
+// pointer its callbacks need. It implements filter.Conn. Its envoy pointer
+// is valid only during the hook that set it.
 type conn struct {
 	envoy    C.envoy_network_filter_envoy_ptr
 	cfg      *config
-	filter   *filter.Filter
-	handle   cgo.Handle
-	views    [4][]byte // reused chunk views, so a read does not allocate
-	panicked bool      // a hook panicked: the filter is no longer trusted
-
-	mu    sync.Mutex // serialises the timer goroutine's commit with DisarmTimer's delete
-	sched C.envoy_network_filter_scheduler_ptr
-	timer *time.Timer
+	filter   filter.Filter
+	handle   cgo.Handle // while the CONNECT is incomplete across reads
+	views    [4][]byte  // reused chunk views, so a read does not allocate
+	panicked bool       // a hook panicked: the filter is no longer trusted
 }
 
-//export mqttStickyFilterNew
-func mqttStickyFilterNew(cfgHandle C.uintptr_t, envoy unsafe.Pointer) (handle C.uintptr_t) {
-	defer func() {
-		if r := recover(); r != nil {
-			hostLog(filter.LogCritical, fmt.Sprintf("mqtt_sticky: panic while creating a filter: %v\n%s", r, debug.Stack()))
-			handle = 0 // Envoy closes this connection
-		}
-	}()
-	c := &conn{envoy: C.envoy_network_filter_envoy_ptr(envoy), cfg: cgo.Handle(cfgHandle).Value().(*config)}
-	c.filter = filter.New(c.cfg.filter, c)
-	c.handle = cgo.NewHandle(c)
-	return C.uintptr_t(c.handle)
-}
-
-// lookup returns the connection behind a handle. A bad handle would be a
-// bug in shim.c; it must still not panic across the C boundary.
-func lookup(handle C.uintptr_t) (c *conn) {
-	defer func() {
-		if r := recover(); r != nil {
-			hostLog(filter.LogCritical, fmt.Sprintf("mqtt_sticky: bad connection handle %d: %v", handle, r))
-			c = nil
-		}
-	}()
-	c, _ = cgo.Handle(handle).Value().(*conn)
-	return c
-}
-
-//export mqttStickyOnNewConnection
-func mqttStickyOnNewConnection(handle C.uintptr_t) (status C.int) {
-	c := lookup(handle)
-	if c == nil {
-		return statusStop
-	}
-	defer c.barrier("on_new_connection", &status)
-	return toStatus(c.filter.OnNewConnection())
-}
-
-//export mqttStickyOnRead
-func mqttStickyOnRead(handle C.uintptr_t, chunks *C.envoy_dynamic_module_type_envoy_buffer, n C.size_t, endStream C.bool) (status C.int) {
-	c := lookup(handle)
-	if c == nil {
-		return statusStop
-	}
-	defer c.barrier("on_read", &status)
-	if c.panicked {
-		return statusStop
-	}
-	st := c.filter.OnRead(c.chunkViews(chunks, int(n)), bool(endStream))
-	clear(c.views[:])
-	if st == filter.Routed {
-		// shim.c forgets the handle; nothing of this connection stays in Go.
-		c.handle.Delete()
-		c.filter = nil
-	}
-	return toStatus(st)
-}
-
-//export mqttStickyOnClose
-func mqttStickyOnClose(handle C.uintptr_t) {
-	c := lookup(handle)
-	if c == nil {
-		return
-	}
-	defer c.barrier("on_event", nil)
-	if !c.panicked {
-		c.filter.OnClose()
-	}
-}
-
-//export mqttStickyOnScheduled
-func mqttStickyOnScheduled(handle C.uintptr_t, event C.uint64_t) {
-	c := lookup(handle)
-	if c == nil {
-		return
-	}
-	defer c.barrier("on_scheduled", nil)
-	if event == timerEvent && !c.panicked {
-		c.filter.OnTimer()
-	}
-}
-
-//export mqttStickyFilterDestroy
-func mqttStickyFilterDestroy(handle C.uintptr_t) {
-	c := lookup(handle)
-	if c == nil {
-		return
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			hostLog(filter.LogCritical, fmt.Sprintf("mqtt_sticky: panic in on_destroy: %v\n%s", r, debug.Stack()))
-		}
-		c.DisarmTimer() // whatever happened, no timer may outlive the connection
-		c.handle.Delete()
-	}()
-	if !c.panicked {
-		c.filter.Destroy()
-	}
-}
-
-// barrier stops a panic at the hook boundary: a panic must never reach
-// Envoy, which would abort the process. The connection is failed closed.
-func (c *conn) barrier(hook string, status *C.int) {
-	r := recover()
-	if r == nil {
-		return
-	}
-	if status != nil {
-		*status = statusStop
-	}
-	if c.panicked {
-		return
-	}
-	c.panicked = true
-	hostLog(filter.LogCritical, fmt.Sprintf("mqtt_sticky: panic in %s, closing the connection: %v\n%s", hook, r, debug.Stack()))
-	c.DisarmTimer()
-	c.Inc(filter.RejectInternal)
-	C.envoy_dynamic_module_callback_network_filter_close_with_details(c.envoy, C.envoy_close_abort, moduleBuffer("mqtt_sticky: internal error"))
-}
-
-func toStatus(s filter.Status) C.int {
-	switch s {
-	case filter.Continue:
-		return statusContinue
-	case filter.Routed:
-		return statusRouted
-	}
-	return statusStop
-}
-
-// chunkViews turns Envoy's chunk array into byte slices over Envoy's memory,
-// valid until the hook returns.
-func (c *conn) chunkViews(chunks *C.envoy_dynamic_module_type_envoy_buffer, n int) [][]byte {
-	if n == 0 {
-		return nil
-	}
-	views := c.views[:0]
-	for _, b := range unsafe.Slice(chunks, n) {
-		views = append(views, unsafe.Slice((*byte)(unsafe.Pointer(b.ptr)), int(b.length)))
-	}
-	return views
-}
+// conns recycles conn values: most connections need one only for the
+// duration of the read that carries their CONNECT.
+var conns = sync.Pool{New: func() any { return new(conn) }}
 
 func (c *conn) SetHashKey(key string) bool {
 	ok := C.envoy_dynamic_module_callback_network_set_filter_state_typed(c.envoy, moduleBuffer(contract.FilterStateKey), moduleBuffer(key))
@@ -277,6 +135,41 @@ func (c *conn) SetMetadata(key, value string) {
 	C.envoy_dynamic_module_callback_network_set_dynamic_metadata_string(c.envoy, moduleBuffer(contract.MetadataNamespace), moduleBuffer(key), moduleBuffer(value))
 	runtime.KeepAlive(key)
 	runtime.KeepAlive(value)
+}
+
+// SetMetadataStrings sets the fields in one call. The entries and their
+// bytes are copied into one C allocation for the call: a Go array of
+// entries would hold Go pointers, which cgo does not let C see.
+func (c *conn) SetMetadataStrings(fields []filter.Field) {
+	if len(fields) == 0 {
+		return
+	}
+	size := len(fields) * C.sizeof_envoy_dynamic_module_type_module_key_value_pair
+	for _, f := range fields {
+		size += len(f.Key) + len(f.Value)
+	}
+	mem := C.malloc(C.size_t(size))
+	if mem == nil {
+		for _, f := range fields {
+			c.SetMetadata(f.Key, f.Value)
+		}
+		return
+	}
+	defer C.free(mem)
+	entries := unsafe.Slice((*C.envoy_dynamic_module_type_module_key_value_pair)(mem), len(fields))
+	bytes := unsafe.Slice((*byte)(mem), size)[len(fields)*C.sizeof_envoy_dynamic_module_type_module_key_value_pair:]
+	put := func(s string) (*C.char, C.size_t) {
+		n := copy(bytes, s)
+		p := (*C.char)(unsafe.Pointer(unsafe.SliceData(bytes)))
+		bytes = bytes[n:]
+		return p, C.size_t(n)
+	}
+	for i, f := range fields {
+		e := &entries[i]
+		e.key_ptr, e.key_length = put(f.Key)
+		e.value_ptr, e.value_length = put(f.Value)
+	}
+	C.envoy_dynamic_module_callback_network_set_dynamic_metadata_string_batch(c.envoy, moduleBuffer(contract.MetadataNamespace), &entries[0], C.size_t(len(entries)))
 }
 
 func (c *conn) SetMetadataNumber(key string, value float64) {
@@ -311,55 +204,11 @@ func (c *conn) Inc(counter filter.Counter) {
 	C.envoy_dynamic_module_callback_network_filter_increment_counter(c.envoy, c.cfg.counters[counter], 1)
 }
 
-func (c *conn) AddGauge(g filter.Gauge, delta int64) {
-	if delta >= 0 {
-		C.envoy_dynamic_module_callback_network_filter_increment_gauge(c.envoy, c.cfg.gauges[g], C.uint64_t(delta))
-	} else {
-		C.envoy_dynamic_module_callback_network_filter_decrement_gauge(c.envoy, c.cfg.gauges[g], C.uint64_t(-delta))
-	}
-}
-
 func (c *conn) Record(h filter.Histogram, value uint64) {
 	C.envoy_dynamic_module_callback_network_filter_record_histogram_value(c.envoy, c.cfg.histograms[h], C.uint64_t(value))
 }
 
 func (c *conn) Log(level filter.LogLevel, msg string) { hostLog(level, msg) }
-
-// ArmTimer starts a Go timer whose goroutine asks Envoy, through the
-// connection's scheduler, to run OnTimer on the worker thread: Envoy's
-// callbacks may not be used from the timer goroutine itself.
-func (c *conn) ArmTimer(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.sched == nil {
-		c.sched = C.envoy_dynamic_module_callback_network_filter_scheduler_new(c.envoy)
-	}
-	if c.timer != nil {
-		c.timer.Stop()
-	}
-	c.timer = time.AfterFunc(d, c.fire)
-}
-
-func (c *conn) fire() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.sched != nil { // nil once disarmed: the scheduler is gone
-		C.envoy_dynamic_module_callback_network_filter_scheduler_commit(c.sched, timerEvent)
-	}
-}
-
-func (c *conn) DisarmTimer() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.timer != nil {
-		c.timer.Stop()
-		c.timer = nil
-	}
-	if c.sched != nil {
-		C.envoy_dynamic_module_callback_network_filter_scheduler_delete(c.sched)
-		c.sched = nil
-	}
-}
 
 func hostLog(level filter.LogLevel, msg string) {
 	C.envoy_dynamic_module_callback_log(C.envoy_log_level(level), moduleBuffer(msg))

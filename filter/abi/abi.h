@@ -64,6 +64,8 @@ typedef int envoy_metrics_result;
 // scheduler_commit, which any thread may call.
 void envoy_dynamic_module_callback_log(envoy_log_level level,
                                        envoy_dynamic_module_type_module_buffer message);
+// Envoy's number of worker threads.
+uint32_t envoy_dynamic_module_callback_get_concurrency(void);
 
 size_t envoy_dynamic_module_callback_network_filter_get_read_buffer_chunks_size(
     envoy_network_filter_envoy_ptr filter);
@@ -76,6 +78,17 @@ bool envoy_dynamic_module_callback_network_set_filter_state_typed(
 void envoy_dynamic_module_callback_network_set_dynamic_metadata_string(
     envoy_network_filter_envoy_ptr filter, envoy_dynamic_module_type_module_buffer ns,
     envoy_dynamic_module_type_module_buffer key, envoy_dynamic_module_type_module_buffer value);
+// One string entry of a metadata batch; the module owns the bytes.
+typedef struct {
+  const char* key_ptr;
+  size_t key_length;
+  const char* value_ptr;
+  size_t value_length;
+} envoy_dynamic_module_type_module_key_value_pair;
+
+void envoy_dynamic_module_callback_network_set_dynamic_metadata_string_batch(
+    envoy_network_filter_envoy_ptr filter, envoy_dynamic_module_type_module_buffer ns,
+    const envoy_dynamic_module_type_module_key_value_pair* entries, size_t entries_size);
 void envoy_dynamic_module_callback_network_set_dynamic_metadata_number(
     envoy_network_filter_envoy_ptr filter, envoy_dynamic_module_type_module_buffer ns,
     envoy_dynamic_module_type_module_buffer key, double value);
@@ -142,5 +155,14 @@ envoy_metrics_result envoy_dynamic_module_callback_network_filter_decrement_gaug
     envoy_network_filter_envoy_ptr filter, size_t id, uint64_t value);
 envoy_metrics_result envoy_dynamic_module_callback_network_filter_record_histogram_value(
     envoy_network_filter_envoy_ptr filter, size_t id, uint64_t value);
+
+// The same, through the filter config: they need no connection, so the C
+// hooks use them for what every connection counts.
+envoy_metrics_result envoy_dynamic_module_callback_network_filter_config_increment_counter(
+    envoy_network_filter_config_envoy_ptr config, size_t id, uint64_t value);
+envoy_metrics_result envoy_dynamic_module_callback_network_filter_config_increment_gauge(
+    envoy_network_filter_config_envoy_ptr config, size_t id, uint64_t value);
+envoy_metrics_result envoy_dynamic_module_callback_network_filter_config_decrement_gauge(
+    envoy_network_filter_config_envoy_ptr config, size_t id, uint64_t value);
 
 #endif  // MQTT_STICKY_ABI_H

@@ -1,68 +1,138 @@
 // The hooks Envoy calls, in C. They own the per-connection record Envoy
-// holds for us and decide, without entering Go, the cases that need no Go:
-// once a connection is routed the Go side is released, and every later
-// read, write and event returns here at the cost of a C function call.
-
+// holds for us and do, without entering Go, what is the same for every
+// connection: count it, start its CONNECT deadline (waiting.c), and pass
+// every hook through once it is routed. Go is entered for decisions only:
+// the reads that carry the CONNECT, a deadline that passed, a connection
+// that closed while it waited, and a connection Envoy does not read. A
+// client whose CONNECT arrives in one read enters Go exactly once.
 #include <stdlib.h>
 
 #include "_cgo_export.h"
 #include "abi.h"
+#include "conn.h"
 
-// The status Go returns from a read that completed the CONNECT: continue,
-// and the Go side has released the connection.
+// What Go's hooks return: Envoy's Continue and StopIteration, and two of
+// ours. Routed: the CONNECT is complete and the key set; continue, and Go
+// keeps nothing for this connection. Refused: Go closed the connection.
+#define MQTT_STICKY_STOP 1
 #define MQTT_STICKY_ROUTED 2
+#define MQTT_STICKY_REFUSED 3
 
 // Chunks read into a stack array; Envoy's buffer rarely has more.
 #define MQTT_STICKY_STACK_CHUNKS 16
 
-typedef struct {
-  uintptr_t handle;  // the Go filter's handle; 0 once released
-} mqtt_sticky_conn;
-
 const char* envoy_dynamic_module_on_program_init(void) { return MQTT_STICKY_ABI_VERSION; }
+
+static void host_log(envoy_log_level level, const char* msg) {
+  envoy_dynamic_module_type_module_buffer b = {msg, 0};
+  while (msg[b.length] != 0) {
+    b.length++;
+  }
+  envoy_dynamic_module_callback_log(level, b);
+}
 
 envoy_network_filter_config_module_ptr envoy_dynamic_module_on_network_filter_config_new(
     envoy_network_filter_config_envoy_ptr config_envoy, envoy_dynamic_module_type_envoy_buffer name,
     envoy_dynamic_module_type_envoy_buffer config) {
-  uintptr_t h = mqttStickyConfigNew(config_envoy, (char*)name.ptr, name.length, (char*)config.ptr,
-                                    config.length);
-  return (envoy_network_filter_config_module_ptr)h;  // an opaque handle, 0 rejects the config
+  if (!mqtt_sticky_start_ticker()) {
+    host_log(4, "mqtt_sticky: cannot start the thread that times out CONNECTs; refusing the config");
+    return NULL;
+  }
+  mqtt_sticky_config* cfg = calloc(1, sizeof *cfg);
+  if (cfg == NULL) {
+    return NULL;
+  }
+  cfg->envoy = config_envoy;
+  if (!mqttStickyConfigNew(config_envoy, (char*)name.ptr, name.length, (char*)config.ptr, config.length, cfg)) {
+    free(cfg);
+    return NULL;  // Go logged why; Envoy refuses the config
+  }
+  return cfg;
 }
 
 void envoy_dynamic_module_on_network_filter_config_destroy(
     envoy_network_filter_config_module_ptr config) {
-  mqttStickyConfigDestroy((uintptr_t)config);
+  mqtt_sticky_config* cfg = (mqtt_sticky_config*)config;
+  mqttStickyConfigDestroy(cfg->handle);
+  free(cfg);
 }
 
 envoy_network_filter_module_ptr envoy_dynamic_module_on_network_filter_new(
     envoy_network_filter_config_module_ptr config, envoy_network_filter_envoy_ptr filter) {
-  mqtt_sticky_conn* c = malloc(sizeof *c);
+  mqtt_sticky_conn* c = calloc(1, sizeof *c);
   if (c == NULL) {
     return NULL;  // Envoy closes the connection
   }
-  c->handle = mqttStickyFilterNew((uintptr_t)config, filter);
-  if (c->handle == 0) {
-    free(c);
-    return NULL;
-  }
+  c->envoy = filter;
+  c->config = (const mqtt_sticky_config*)config;
   return c;
+}
+
+// leave_waiting ends the waiting state, once.
+static void leave_waiting(mqtt_sticky_conn* c, mqtt_sticky_state to) {
+  if (c->state != MQTT_STICKY_WAITING) {
+    return;
+  }
+  c->state = to;
+  mqtt_sticky_unwait(c);
+  envoy_dynamic_module_callback_network_filter_config_decrement_gauge(c->config->envoy, c->config->waiting_gauge, 1);
+}
+
+// sweep closes the calling worker's connections whose deadline has passed.
+static void sweep(int64_t now) {
+  mqtt_sticky_conn* c;
+  while ((c = mqtt_sticky_expired(now)) != NULL) {
+    leave_waiting(c, MQTT_STICKY_DONE);
+    c->in_go = true;
+    mqttStickyOnTimeout(c->config->handle, c->envoy, c->handle);
+    c->handle = 0;
+    c->in_go = false;
+  }
 }
 
 int envoy_dynamic_module_on_network_filter_new_connection(envoy_network_filter_envoy_ptr filter,
                                                           envoy_network_filter_module_ptr module) {
   mqtt_sticky_conn* c = (mqtt_sticky_conn*)module;
-  if (c->handle == 0) {
-    return envoy_network_filter_continue;
+  const mqtt_sticky_config* cfg = c->config;
+  mqtt_sticky_open(c);
+  envoy_dynamic_module_callback_network_filter_config_increment_counter(cfg->envoy, cfg->accepted_counter, 1);
+  if (!envoy_dynamic_module_callback_network_filter_read_enabled(filter)) {
+    c->state = MQTT_STICKY_DONE;  // its CONNECT could never arrive: Go refuses it, loudly
+    c->in_go = true;
+    mqttStickyRefuseUnread(cfg->handle, filter);
+    c->in_go = false;
+    return envoy_network_filter_stop_iteration;
   }
-  return mqttStickyOnNewConnection(c->handle);
+  int64_t now = mqtt_sticky_now();
+  sweep(now);  // a busy worker times out its own connections, without the ticker
+  c->state = MQTT_STICKY_WAITING;
+  envoy_dynamic_module_callback_network_filter_config_increment_gauge(cfg->envoy, cfg->waiting_gauge, 1);
+  mqtt_sticky_wait(c, now);
+  return envoy_network_filter_stop_iteration;
+}
+
+// keep_sysmon_asleep runs the Go scheduler once on this worker thread at
+// most every MQTT_STICKY_YIELD_NS; runtime.go says why.
+#define MQTT_STICKY_YIELD_NS (5 * 1000 * 1000)
+
+static void keep_sysmon_asleep(void) {
+  static _Thread_local int64_t last;
+  int64_t now = mqtt_sticky_now();
+  if (now - last > MQTT_STICKY_YIELD_NS) {
+    last = now;
+    mqttStickyYield();
+  }
 }
 
 int envoy_dynamic_module_on_network_filter_read(envoy_network_filter_envoy_ptr filter,
                                                 envoy_network_filter_module_ptr module,
                                                 size_t data_length, bool end_stream) {
   mqtt_sticky_conn* c = (mqtt_sticky_conn*)module;
-  if (c->handle == 0) {
-    return envoy_network_filter_continue;  // routed: pass everything through
+  if (c->state == MQTT_STICKY_ROUTED) {
+    return envoy_network_filter_continue;  // pass everything through
+  }
+  if (c->state != MQTT_STICKY_WAITING) {
+    return envoy_network_filter_stop_iteration;
   }
   envoy_dynamic_module_type_envoy_buffer stack[MQTT_STICKY_STACK_CHUNKS];
   envoy_dynamic_module_type_envoy_buffer* chunks = stack;
@@ -70,22 +140,29 @@ int envoy_dynamic_module_on_network_filter_read(envoy_network_filter_envoy_ptr f
   if (n > MQTT_STICKY_STACK_CHUNKS) {
     chunks = malloc(n * sizeof *chunks);
     if (chunks == NULL) {
-      n = 0;  // Go sees no new bytes and keeps waiting; the timeout still applies
+      n = 0;  // Go sees no new bytes and keeps waiting; the deadline still applies
       chunks = stack;
     }
   }
   if (n > 0 && !envoy_dynamic_module_callback_network_filter_get_read_buffer_chunks(filter, chunks)) {
     n = 0;
   }
-  int status = mqttStickyOnRead(c->handle, chunks, n, end_stream);
+  keep_sysmon_asleep();
+  c->in_go = true;
+  int status = mqttStickyOnRead(c->config->handle, filter, &c->handle, chunks, n, end_stream);
+  c->in_go = false;
   if (chunks != stack) {
     free(chunks);
   }
-  if (status == MQTT_STICKY_ROUTED) {
-    c->handle = 0;
-    return envoy_network_filter_continue;
+  switch (status) {
+    case MQTT_STICKY_ROUTED:
+      leave_waiting(c, MQTT_STICKY_ROUTED);
+      return envoy_network_filter_continue;
+    case MQTT_STICKY_REFUSED:
+      leave_waiting(c, MQTT_STICKY_DONE);
+      return envoy_network_filter_stop_iteration;
   }
-  return status;
+  return envoy_network_filter_stop_iteration;
 }
 
 int envoy_dynamic_module_on_network_filter_write(envoy_network_filter_envoy_ptr filter,
@@ -97,25 +174,39 @@ int envoy_dynamic_module_on_network_filter_write(envoy_network_filter_envoy_ptr 
 void envoy_dynamic_module_on_network_filter_event(envoy_network_filter_envoy_ptr filter,
                                                   envoy_network_filter_module_ptr module,
                                                   envoy_connection_event event) {
-  mqtt_sticky_conn* c = (mqtt_sticky_conn*)module;
-  if (c->handle != 0 && (event == envoy_event_remote_close || event == envoy_event_local_close)) {
-    mqttStickyOnClose(c->handle);
+  if (event != envoy_event_remote_close && event != envoy_event_local_close) {
+    return;
   }
+  mqtt_sticky_conn* c = (mqtt_sticky_conn*)module;
+  if (c->state == MQTT_STICKY_WAITING) {
+    leave_waiting(c, MQTT_STICKY_DONE);
+    // When Go closed the connection itself (a refusal, from inside one of
+    // its hooks), it has counted it already.
+    if (!c->in_go) {
+      c->in_go = true;
+      mqttStickyOnClose(c->config->handle, filter, c->handle);
+      c->handle = 0;
+      c->in_go = false;
+    }
+  }
+  mqtt_sticky_close(c);
 }
 
 void envoy_dynamic_module_on_network_filter_scheduled(envoy_network_filter_envoy_ptr filter,
                                                       envoy_network_filter_module_ptr module,
                                                       uint64_t event_id) {
-  mqtt_sticky_conn* c = (mqtt_sticky_conn*)module;
-  if (c->handle != 0) {
-    mqttStickyOnScheduled(c->handle, event_id);
+  if (event_id == MQTT_STICKY_SWEEP_EVENT) {
+    mqtt_sticky_swept();
+    sweep(mqtt_sticky_now());  // the worker's connections, whichever one carried the event
   }
 }
 
 void envoy_dynamic_module_on_network_filter_destroy(envoy_network_filter_module_ptr module) {
   mqtt_sticky_conn* c = (mqtt_sticky_conn*)module;
+  leave_waiting(c, MQTT_STICKY_DONE);  // Envoy raises a close event first; this is a safety net
   if (c->handle != 0) {
-    mqttStickyFilterDestroy(c->handle);
+    mqttStickyRelease(c->handle);
   }
+  mqtt_sticky_close(c);
   free(c);
 }
