@@ -323,10 +323,20 @@ func waitAllHealthy(t testing.TB, p *envoyproc.Process, cluster string, want int
 // warm), and the cluster's healthy hosts are the wanted ones.
 func (e *xdsEnvoy) waitHosts(t *testing.T, cp *controlPlane, want []*broker.Broker, within time.Duration) time.Duration {
 	t.Helper()
+	var addrs []string
+	for _, b := range want {
+		addrs = append(addrs, b.Addr())
+	}
+	return e.waitHostAddrs(t, cp, addrs, within)
+}
+
+// waitHostAddrs is waitHosts for brokers given by address.
+func (e *xdsEnvoy) waitHostAddrs(t *testing.T, cp *controlPlane, want []string, within time.Duration) time.Duration {
+	t.Helper()
 	start := time.Now()
 	wantSet := map[string]bool{}
-	for _, b := range want {
-		wantSet[b.Addr()] = true
+	for _, a := range want {
+		wantSet[a] = true
 	}
 	ctx := context.Background()
 	var last []clusterHost
