@@ -73,9 +73,19 @@ const (
 )
 
 // Defaults and bounds for Config.
+//
+// Every connection that has not completed its CONNECT holds up to
+// max_connect_bytes in Envoy's buffer until connect_timeout_ms, so the
+// worst case of pre-CONNECT memory is Envoy's connection limit times
+// max_connect_bytes (README, "Resource bounds on the data path"). A real
+// CONNECT is a few hundred bytes; 4 KiB leaves room for a token as the
+// password (JWTs run to 1–2 KB) and a small will. Fleets whose MQTT 5
+// CONNECTs carry large wills or authentication data raise it. Five
+// seconds is long for one packet that a client sends as soon as TCP is up,
+// and short for a client that sends nothing.
 const (
-	DefaultMaxConnectBytes  = 64 << 10
-	DefaultConnectTimeoutMs = 10_000
+	DefaultMaxConnectBytes  = 4 << 10
+	DefaultConnectTimeoutMs = 5_000
 
 	minMaxConnectBytes  = 64              // smaller would refuse ordinary CONNECTs
 	maxMaxConnectBytes  = 268_435_455 + 5 // the largest packet MQTT can express

@@ -11,7 +11,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", in, err)
 		}
-		want := Config{HashKey: KeyClientID, EmptyKey: EmptyAny, MaxConnectBytes: 65536, ConnectTimeoutMs: 10000,
+		want := Config{HashKey: KeyClientID, EmptyKey: EmptyAny, MaxConnectBytes: 4096, ConnectTimeoutMs: 5000,
 			IdentityBinding: BindingOff, IdentitySource: IdentityCN}
 		if *c != want {
 			t.Errorf("%q: %+v, want %+v", in, *c, want)

@@ -57,7 +57,8 @@ func newChangeRig(t *testing.T, clients int) *changeRig {
 		eps = append(eps, e)
 	}
 	r.file = &model.File{Model: model.Model{
-		Listeners: []model.Listener{{Name: "mqtt", Address: "127.0.0.1", Port: port}},
+		Listeners: []model.Listener{{Name: "mqtt", Address: "127.0.0.1", Port: port,
+			ConnectionRateLimit: &model.ConnectionRateLimit{ConnectionsPerSecond: 100_000, Burst: 100_000}}},
 		Clusters: []model.Cluster{{Name: "brokers", Endpoints: eps, HealthCheck: model.HealthCheck{
 			Type: model.HealthMQTT, Interval: model.Duration(500 * time.Millisecond), Timeout: model.Duration(400 * time.Millisecond)}}},
 	}}
@@ -150,7 +151,7 @@ func (r changeResult) updates(prefix string) string {
 
 // envoyCounters are the Envoy stats that say what a change did.
 var envoyCounters = []string{
-	"listener_manager.listener_added", "listener_manager.listener_modified", "listener_manager.listener_in_place_updated",
+	"ecds.config_reload", "listener_manager.listener_added", "listener_manager.listener_modified", "listener_manager.listener_in_place_updated",
 	"listener_manager.listener_removed", "cluster_manager.cluster_added", "cluster_manager.cluster_modified",
 	"cluster_manager.cluster_removed", "cluster_manager.cluster_updated",
 }
@@ -160,6 +161,13 @@ func (r *changeRig) counters() map[string]int64 {
 	for _, prefix := range []string{"listener_manager.", "cluster_manager."} {
 		for k, v := range envoyStats(r.t, r.envoy.Process, prefix) {
 			out[k] = v
+		}
+	}
+	// Filter configs Envoy took by extension config discovery, summed over
+	// the listeners' filters.
+	for k, v := range envoyStats(r.t, r.envoy.Process, "extension_config_discovery.") {
+		if strings.HasSuffix(k, ".config_reload") {
+			out["ecds.config_reload"] += v
 		}
 	}
 	return out
@@ -266,6 +274,9 @@ func TestConnectionsSurviveChanges(t *testing.T) {
 		r.apply("tcp_proxy change (idle_timeout 1h → 2h)", holders, r.reconfigure(func(f *model.File) {
 			f.Clusters[0].IdleTimeout = model.Duration(2 * time.Hour)
 		})),
+		r.apply("connection-rate-limit change (100,000/s → 50,000/s)", holders, r.reconfigure(func(f *model.File) {
+			f.Listeners[0].ConnectionRateLimit = &model.ConnectionRateLimit{ConnectionsPerSecond: 50_000, Burst: 50_000}
+		})),
 		r.apply("new listener next to the existing one", holders, r.reconfigure(func(f *model.File) {
 			second := f.Listeners[0]
 			second.Name, second.Port = "mqtt-2", freePort(t)
@@ -275,12 +286,12 @@ func TestConnectionsSurviveChanges(t *testing.T) {
 
 	var rows [][]string
 	for _, res := range results {
-		rows = append(rows, []string{res.change, itoa(res.lost), res.updates("listener"), res.updates("cluster")})
+		rows = append(rows, []string{res.change, itoa(res.lost), res.updates("ecds"), res.updates("listener"), res.updates("cluster")})
 		if res.lost != 0 {
 			t.Errorf("%s: %d of %d connections lost, want 0", res.change, res.lost, n)
 		}
 	}
-	table := markdownTable([]string{"change", "connections lost", "listener updates (Envoy)", "cluster updates (Envoy)"}, rows)
+	table := markdownTable([]string{"change", "connections lost", "filter configs (ECDS)", "listener updates", "cluster updates"}, rows)
 	t.Logf("%d idle connections held through every change:\n%s", n, table)
 	writeReport(t, "connections.md", fmt.Sprintf("%d idle MQTT connections (keepalive 30 s) through one Envoy (2 workers, `--drain-time-s %d`) fed by the control plane; after each change, every client must answer a PINGREQ.\n\n%s",
 		n, int(drainTime.Seconds()), table))

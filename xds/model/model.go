@@ -44,6 +44,19 @@ type Listener struct {
 	AccessLog bool `json:"access_log,omitempty"`
 	// TLS makes this a TLS listener; nil is plaintext. See tls.go.
 	TLS *TLS `json:"tls,omitempty"`
+	// ConnectionRateLimit, when set, refuses new connections beyond a rate,
+	// before they reach mqtt_sticky (Envoy's local_ratelimit network filter).
+	ConnectionRateLimit *ConnectionRateLimit `json:"connection_rate_limit,omitempty"`
+}
+
+// ConnectionRateLimit is a token bucket for new connections on one listener
+// of one Envoy: Burst connections at once, refilled at ConnectionsPerSecond.
+// A connection beyond it is closed at once, and Envoy counts it in
+// local_rate_limit.<listener>.rate_limited, so that a reconnect storm
+// beyond what the brokers take is refused quickly instead of timing out.
+type ConnectionRateLimit struct {
+	ConnectionsPerSecond uint32 `json:"connections_per_second"`
+	Burst                uint32 `json:"burst,omitempty"` // default: one second's worth
 }
 
 // LBPolicy is a consistent-hash load balancer.
@@ -227,6 +240,8 @@ const (
 	maxPointsPerHost      = 65536
 	minHashBalanceFactor  = 100
 	maxMaglevTable        = 5_000_011 // the largest table Envoy accepts is 5,000,011
+	maxConnectionRate     = 1_000_000
+	maxConnectionBurst    = 10_000_000
 )
 
 // Default returns the fleet `mqtt-sticky serve` runs without a config file:
@@ -266,6 +281,9 @@ func (m *Model) SetDefaults() {
 		}
 		l.Filter.SetDefaults()
 		l.TLS.setDefaults()
+		if r := l.ConnectionRateLimit; r != nil && r.Burst == 0 {
+			r.Burst = r.ConnectionsPerSecond
+		}
 	}
 	for i := range m.Clusters {
 		c := &m.Clusters[i]
@@ -418,6 +436,14 @@ func (m *Model) Validate() error {
 		}
 		if err := l.validateTLS(m.Cluster(l.Cluster)); err != nil {
 			return invalid("%s: %v", what, err)
+		}
+		if r := l.ConnectionRateLimit; r != nil {
+			if r.ConnectionsPerSecond < 1 || r.ConnectionsPerSecond > maxConnectionRate {
+				return invalid("%s: connection_rate_limit.connections_per_second %d must be between 1 and %d", what, r.ConnectionsPerSecond, maxConnectionRate)
+			}
+			if r.Burst < 1 || r.Burst > maxConnectionBurst {
+				return invalid("%s: connection_rate_limit.burst %d must be between 1 and %d", what, r.Burst, maxConnectionBurst)
+			}
 		}
 	}
 	for i := range m.Clusters {
@@ -623,6 +649,10 @@ func (m *Model) Clone() *Model {
 	c := &Model{Listeners: slices.Clone(m.Listeners), Clusters: slices.Clone(m.Clusters)}
 	for i := range c.Listeners {
 		c.Listeners[i].TLS = c.Listeners[i].TLS.clone()
+		if r := c.Listeners[i].ConnectionRateLimit; r != nil {
+			v := *r
+			c.Listeners[i].ConnectionRateLimit = &v
+		}
 	}
 	for i := range c.Clusters {
 		c.Clusters[i].UpstreamTLS = c.Clusters[i].UpstreamTLS.clone()

@@ -66,8 +66,8 @@ clusters: [{name: brokers, idle_timeout: forever}]`, `invalid configuration: err
 listeners: [{name: mqtt, port: 1883}]
 clusters: [{name: brokers, idle_timeout: 10ms}]`, `invalid configuration: cluster "brokers": idle_timeout 10ms is shorter than 1s; it must exceed 1.5 x the longest MQTT keepalive`},
 		{"connect bigger than buffer", `
-listeners: [{name: mqtt, port: 1883, buffer_limit_bytes: 4096}]
-clusters: [{name: brokers}]`, `invalid configuration: listener "mqtt": filter max_connect_bytes 65536 exceeds buffer_limit_bytes 4096: Envoy would stop reading before the CONNECT is complete`},
+listeners: [{name: mqtt, port: 1883, buffer_limit_bytes: 4096, filter: {max_connect_bytes: 8192}}]
+clusters: [{name: brokers}]`, `invalid configuration: listener "mqtt": filter max_connect_bytes 8192 exceeds buffer_limit_bytes 4096: Envoy would stop reading before the CONNECT is complete`},
 		{"ring too big", `
 listeners: [{name: mqtt, port: 1883}]
 clusters: [{name: brokers, lb_policy: ring_hash, points_per_host: 65536, endpoints: [{address: 10.0.0.1, port: 1, weight: 128}, {address: 10.0.0.2, port: 1}]}]`, `invalid configuration: cluster "brokers": ring of 8454144 entries exceeds Envoy's maximum of 8388608: lower points_per_host`},
@@ -135,6 +135,12 @@ clusters: [{name: brokers, discovery: {dns: {name: example.com, port: 1, resolve
 		{"dns and endpoints", `
 listeners: [{name: mqtt, port: 1883}]
 clusters: [{name: brokers, discovery: {dns: {name: example.com, port: 1}}, endpoints: [{address: 127.0.0.1, port: 1}]}]`, `invalid configuration: cluster "brokers": its endpoints come from discovery; remove the endpoints list`},
+		{"connection rate zero", `
+listeners: [{name: mqtt, port: 1883, connection_rate_limit: {connections_per_second: 0}}]
+clusters: [{name: brokers}]`, `invalid configuration: listener "mqtt": connection_rate_limit.connections_per_second 0 must be between 1 and 1000000`},
+		{"connection burst too large", `
+listeners: [{name: mqtt, port: 1883, connection_rate_limit: {connections_per_second: 100, burst: 20000000}}]
+clusters: [{name: brokers}]`, `invalid configuration: listener "mqtt": connection_rate_limit.burst 20000000 must be between 1 and 10000000`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -149,5 +155,25 @@ clusters: [{name: brokers, discovery: {dns: {name: example.com, port: 1}}, endpo
 				t.Errorf("error:\n got %s\nwant %s", err, tt.want)
 			}
 		})
+	}
+}
+
+// The burst defaults to one second's worth of connections, and a clone
+// does not share the rate limit with its original.
+func TestConnectionRateLimitDefaultsAndClone(t *testing.T) {
+	f, err := ParseFile([]byte(`
+listeners: [{name: mqtt, port: 1883, connection_rate_limit: {connections_per_second: 500}}]
+clusters: [{name: brokers}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := f.Listeners[0].ConnectionRateLimit
+	if r.Burst != 500 {
+		t.Errorf("burst %d, want 500", r.Burst)
+	}
+	c := f.Model.Clone()
+	c.Listeners[0].ConnectionRateLimit.Burst = 7
+	if r.Burst != 500 {
+		t.Error("the clone shares the rate limit")
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -26,6 +27,7 @@ import (
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	dynmodv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/dynamic_modules/v3"
 	dmfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/dynamic_modules/v3"
+	localrlv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/local_ratelimit/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	lbcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/common/v3"
 	maglevv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/maglev/v3"
@@ -239,11 +241,40 @@ func buildListener(l *model.Listener, filters []*corev3.TypedExtensionConfig) *l
 func FilterName(listener, filter string) string { return listener + "." + filter }
 
 // buildFilters returns a listener's network filters in chain order: the
-// mqtt_sticky filter, then tcp_proxy hashing on its routing key.
+// connection rate limit when there is one, the mqtt_sticky filter, then
+// tcp_proxy hashing on its routing key.
 func buildFilters(l *model.Listener, c *model.Cluster) []*corev3.TypedExtensionConfig {
-	return []*corev3.TypedExtensionConfig{
-		{Name: FilterName(l.Name, contract.FilterName), TypedConfig: mustAny(stickyFilter(l))},
-		{Name: FilterName(l.Name, "tcp_proxy"), TypedConfig: mustAny(tcpProxy(l, c))},
+	var filters []*corev3.TypedExtensionConfig
+	if l.ConnectionRateLimit != nil {
+		filters = append(filters, &corev3.TypedExtensionConfig{Name: FilterName(l.Name, "connection_rate_limit"), TypedConfig: mustAny(connectionRateLimit(l))})
+	}
+	return append(filters,
+		&corev3.TypedExtensionConfig{Name: FilterName(l.Name, contract.FilterName), TypedConfig: mustAny(stickyFilter(l))},
+		&corev3.TypedExtensionConfig{Name: FilterName(l.Name, "tcp_proxy"), TypedConfig: mustAny(tcpProxy(l, c))},
+	)
+}
+
+// connectionRateLimit is Envoy's local_ratelimit network filter: one token
+// per new connection, from a bucket of burst tokens refilled at the
+// listener's rate, in the shortest interval (at least Envoy's 50ms) that
+// refills a whole number of tokens. A connection without a token is
+// closed at once, before it reaches mqtt_sticky.
+func connectionRateLimit(l *model.Listener) *localrlv3.LocalRateLimit {
+	r := l.ConnectionRateLimit
+	interval := time.Second
+	for _, ms := range []uint32{50, 100, 200, 250, 500} {
+		if r.ConnectionsPerSecond*ms%1000 == 0 {
+			interval = time.Duration(ms) * time.Millisecond
+			break
+		}
+	}
+	return &localrlv3.LocalRateLimit{
+		StatPrefix: l.Name,
+		TokenBucket: &typev3.TokenBucket{
+			MaxTokens:     r.Burst,
+			TokensPerFill: wrapperspb.UInt32(uint32(uint64(r.ConnectionsPerSecond) * uint64(interval/time.Millisecond) / 1000)),
+			FillInterval:  durationpb.New(interval),
+		},
 	}
 }
 

@@ -221,3 +221,25 @@ func TestFleetForNode(t *testing.T) {
 		t.Error("two nodes got the same health-check client ID")
 	}
 }
+
+// The token bucket refills exactly the configured rate, in the shortest
+// interval Envoy accepts (50ms and up) that holds a whole number of tokens.
+func TestConnectionRateLimitBucket(t *testing.T) {
+	for _, tt := range []struct {
+		perSecond      uint32
+		wantIntervalMs int64
+		wantPerFill    uint32
+	}{
+		{1, 1000, 1}, {3, 1000, 3}, {4, 250, 1}, {20, 50, 1}, {250, 100, 25}, {1000, 50, 50}, {999, 1000, 999},
+	} {
+		l := &model.Listener{Name: "mqtt", ConnectionRateLimit: &model.ConnectionRateLimit{ConnectionsPerSecond: tt.perSecond, Burst: 7}}
+		b := connectionRateLimit(l).GetTokenBucket()
+		ms := b.GetFillInterval().AsDuration().Milliseconds()
+		if ms != tt.wantIntervalMs || b.GetTokensPerFill().GetValue() != tt.wantPerFill || b.GetMaxTokens() != 7 {
+			t.Errorf("%d/s: %d tokens every %dms, max %d; want %d every %dms", tt.perSecond, b.GetTokensPerFill().GetValue(), ms, b.GetMaxTokens(), tt.wantPerFill, tt.wantIntervalMs)
+		}
+		if got := float64(b.GetTokensPerFill().GetValue()) * 1000 / float64(ms); got != float64(tt.perSecond) {
+			t.Errorf("%d/s: the bucket refills %v/s", tt.perSecond, got)
+		}
+	}
+}
