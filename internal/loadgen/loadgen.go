@@ -77,6 +77,7 @@ type client struct {
 	conn        net.Conn // nil while disconnected
 	connectedAt time.Time
 	lostAt      time.Time
+	lostErr     error
 	connects    int
 	pongs       atomic.Int64
 }
@@ -155,6 +156,7 @@ type Status struct {
 	Connects    int       // successful connections, the first included
 	ConnectedAt time.Time // of the latest connection
 	LostAt      time.Time // of the latest loss; zero if never lost
+	LostErr     error     // why the latest connection ended
 	Local       string    // the client's address of the latest connection
 }
 
@@ -163,7 +165,7 @@ func (s *Set) Status(i int) Status {
 	c := s.clients[i]
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := Status{ID: c.id, Connected: c.conn != nil, Connects: c.connects, ConnectedAt: c.connectedAt, LostAt: c.lostAt}
+	st := Status{ID: c.id, Connected: c.conn != nil, Connects: c.connects, ConnectedAt: c.connectedAt, LostAt: c.lostAt, LostErr: c.lostErr}
 	if c.conn != nil {
 		st.Local = c.conn.LocalAddr().String()
 	}
@@ -349,8 +351,10 @@ func (c *client) connect() error {
 // PINGRESPs; the end of the connection is a loss unless the set is closing.
 func (c *client) read(conn net.Conn, r *bufio.Reader) {
 	defer c.set.wg.Done()
+	var err error
 	for {
-		typ, _, err := mqtt.ReadPacket(r)
+		var typ byte
+		typ, _, err = mqtt.ReadPacket(r)
 		if err != nil {
 			break
 		}
@@ -362,6 +366,7 @@ func (c *client) read(conn net.Conn, r *bufio.Reader) {
 	c.mu.Lock()
 	c.conn = nil
 	c.lostAt = time.Now()
+	c.lostErr = err
 	c.mu.Unlock()
 	if c.set.isClosed() {
 		return
