@@ -118,6 +118,7 @@ type Filter struct {
 	// identities holds the client certificate parts looked up so far
 	// (identity.go); empty unless the config needs a certificate.
 	identities []identity
+	fields     [4]Field // the metadata strings, kept here so that setting them allocates nothing
 }
 
 // now is the filter's clock; tests replace it.
@@ -133,12 +134,13 @@ func New(cfg *contract.Config, conn Conn) *Filter {
 // Reset makes f the filter of a new connection, keeping its buffers, so
 // that a caller can reuse Filters.
 func (f *Filter) Reset(cfg *contract.Config, conn Conn) {
-	copied := f.copied[:0]
-	clear(f.identities)
-	*f = Filter{cfg: cfg, conn: conn, copied: copied, identities: f.identities[:0]}
-	if copied != nil && cap(copied) > 4096 {
-		f.copied = nil // do not keep a large CONNECT's buffer around
+	f.parser.Reset() // keeps its buffer for the client ID and username
+	parser, copied := f.parser, f.copied[:0]
+	if cap(copied) > 4096 {
+		copied = nil // do not keep a large CONNECT's buffer around
 	}
+	clear(f.identities)
+	*f = Filter{cfg: cfg, conn: conn, copied: copied, parser: parser, identities: f.identities[:0]}
 	f.parser.MaxPacketSize = cfg.MaxConnectBytes
 }
 
@@ -255,17 +257,18 @@ func (f *Filter) route(c *mqtt.Connect) Status {
 		f.refuse(RejectInternal, "Envoy refused the routing key", "is the "+contract.FilterStateKey+" object factory linked in?")
 		return Stop
 	}
-	fields := [4]Field{{"client_id", logSafe(c.ClientID)}, {"protocol_version", c.Level.String()}}
+	f.fields[0], f.fields[1] = Field{"client_id", logSafe(c.ClientID)}, Field{"protocol_version", c.Level.String()}
 	n := 2
 	if c.HasUsername {
-		fields[n] = Field{"username", logSafe(c.Username)}
+		f.fields[n] = Field{"username", logSafe(c.Username)}
 		n++
 	}
 	if id := f.usedIdentity(); id != "" {
-		fields[n] = Field{"identity", logSafe(id)}
+		f.fields[n] = Field{"identity", logSafe(id)}
 		n++
 	}
-	f.conn.SetMetadataStrings(fields[:n])
+	f.conn.SetMetadataStrings(f.fields[:n])
+	f.fields = [4]Field{} // hold no strings past the hook
 	f.conn.SetMetadataNumber("keep_alive", float64(c.KeepAlive))
 	switch c.Level {
 	case mqtt.Level31:

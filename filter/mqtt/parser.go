@@ -145,10 +145,22 @@ type Parser struct {
 	next     uint8    // index of the next entry in stages
 	err      error
 	connect  Connect
+	names    []byte // backs the client ID and username; reused after Reset
 }
 
-// Reset makes the parser ready for a new connection, keeping MaxPacketSize.
-func (p *Parser) Reset() { *p = Parser{MaxPacketSize: p.MaxPacketSize} }
+// Reset makes the parser ready for a new connection, keeping MaxPacketSize
+// and the buffer behind the strings of the last Connect, which it will
+// reuse: those strings are valid only until the next Reset.
+func (p *Parser) Reset() {
+	names := p.names[:0]
+	if cap(names) > maxKeptNames {
+		names = nil // do not keep a large CONNECT's buffer around
+	}
+	*p = Parser{MaxPacketSize: p.MaxPacketSize, names: names}
+}
+
+// maxKeptNames bounds the buffer a parser keeps across Reset.
+const maxKeptNames = 1024
 
 // Len returns the CONNECT's length in bytes once Feed has returned Done.
 func (p *Parser) Len() int {
@@ -171,8 +183,9 @@ func (p *Parser) Connect() *Connect {
 // Failed with an *Error as soon as the bytes cannot start a valid CONNECT.
 // Done and Failed are final: later calls return the same answer.
 //
-// On Done the client ID and username are copied out of data in a single
-// allocation; data is not retained.
+// On Done the client ID and username are copied out of data into the
+// parser's own buffer (one allocation, none once a reset parser's buffer is
+// big enough); data is not retained.
 func (p *Parser) Feed(data []byte) (Status, error) {
 	for {
 		var ok bool
@@ -411,16 +424,16 @@ func (p *Parser) properties(data []byte, allowed *[128]propKind) (bool, error) {
 	return true, nil
 }
 
-// finish copies the client ID and username out of data with one allocation.
+// finish copies the client ID and username out of data into p.names.
 func (p *Parser) finish(data []byte) {
 	c, u := p.clientID, p.username
 	if c.len+u.len == 0 {
 		return
 	}
-	buf := make([]byte, c.len+u.len)
-	copy(buf, data[c.off:c.off+c.len])
-	copy(buf[c.len:], data[u.off:u.off+u.len])
-	// buf is never written again, so it can back the strings directly.
+	buf := append(p.names[:0], data[c.off:c.off+c.len]...)
+	buf = append(buf, data[u.off:u.off+u.len]...)
+	p.names = buf
+	// buf is not written again before Reset, so it can back the strings.
 	s := unsafe.String(unsafe.SliceData(buf), len(buf))
 	p.connect.ClientID = s[:c.len]
 	p.connect.Username = s[c.len:]
