@@ -112,7 +112,16 @@ type Config struct {
 	// (type 0x20) holding the client certificate's CN, for tcp_proxy to
 	// send to the broker (EMQX reads it for peer_cert_as_clientid).
 	ProxyProtocolCN bool `json:"proxy_protocol_cn,omitempty"`
+	// DynamicMetadata sets the connection's dynamic metadata (namespace
+	// mqtt: client_id, username, protocol_version, keep_alive) for access
+	// logs and other filters. It costs about 500 bytes per connection for
+	// as long as the connection lives; without a reader, turn it off.
+	// Default true.
+	DynamicMetadata *bool `json:"dynamic_metadata,omitempty"`
 }
+
+// Metadata reports whether the filter sets dynamic metadata.
+func (c *Config) Metadata() bool { return c.DynamicMetadata == nil || *c.DynamicMetadata }
 
 // ParseConfig reads the filter_config JSON, fills in defaults and validates
 // it. Unknown fields are errors, so a misspelt option is refused rather
@@ -155,6 +164,10 @@ func (c *Config) SetDefaults() {
 	}
 	if c.IdentitySource == "" {
 		c.IdentitySource = defaultIdentity
+	}
+	if c.DynamicMetadata == nil {
+		on := true
+		c.DynamicMetadata = &on
 	}
 }
 

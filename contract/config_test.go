@@ -11,10 +11,9 @@ func TestParseConfigDefaults(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", in, err)
 		}
-		want := Config{HashKey: KeyClientID, EmptyKey: EmptyAny, MaxConnectBytes: 4096, ConnectTimeoutMs: 5000,
-			IdentityBinding: BindingOff, IdentitySource: IdentityCN}
-		if *c != want {
-			t.Errorf("%q: %+v, want %+v", in, *c, want)
+		if c.HashKey != KeyClientID || c.EmptyKey != EmptyAny || c.MaxConnectBytes != 4096 || c.ConnectTimeoutMs != 5000 || !c.Metadata() ||
+			c.IdentityBinding != BindingOff || c.IdentitySource != IdentityCN {
+			t.Errorf("%q: %+v, want the defaults", in, *c)
 		}
 	}
 }
@@ -67,6 +66,19 @@ func TestParseConfigErrors(t *testing.T) {
 		_, err := ParseConfig([]byte(tt.in))
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("ParseConfig(%s) = %v, want an error containing %q", tt.in, err, tt.want)
+		}
+	}
+}
+
+// dynamic_metadata is on unless turned off.
+func TestDynamicMetadata(t *testing.T) {
+	for in, want := range map[string]bool{"{}": true, `{"dynamic_metadata": true}`: true, `{"dynamic_metadata": false}`: false} {
+		c, err := ParseConfig([]byte(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Metadata() != want {
+			t.Errorf("%s: metadata %v, want %v", in, c.Metadata(), want)
 		}
 	}
 }

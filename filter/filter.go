@@ -257,19 +257,9 @@ func (f *Filter) route(c *mqtt.Connect) Status {
 		f.refuse(RejectInternal, "Envoy refused the routing key", "is the "+contract.FilterStateKey+" object factory linked in?")
 		return Stop
 	}
-	f.fields[0], f.fields[1] = Field{"client_id", logSafe(c.ClientID)}, Field{"protocol_version", c.Level.String()}
-	n := 2
-	if c.HasUsername {
-		f.fields[n] = Field{"username", logSafe(c.Username)}
-		n++
+	if f.cfg.Metadata() {
+		f.setMetadata(c)
 	}
-	if id := f.usedIdentity(); id != "" {
-		f.fields[n] = Field{"identity", logSafe(id)}
-		n++
-	}
-	f.conn.SetMetadataStrings(f.fields[:n])
-	f.fields = [4]Field{} // hold no strings past the hook
-	f.conn.SetMetadataNumber("keep_alive", float64(c.KeepAlive))
 	switch c.Level {
 	case mqtt.Level31:
 		f.conn.Inc(ConnectMQTT31)
@@ -315,6 +305,23 @@ func (f *Filter) routingKey(c *mqtt.Connect) (string, bool) {
 		}
 	}
 	return "", true
+}
+
+// setMetadata sets the connection's dynamic metadata, escaped for logs.
+func (f *Filter) setMetadata(c *mqtt.Connect) {
+	f.fields[0], f.fields[1] = Field{"client_id", logSafe(c.ClientID)}, Field{"protocol_version", c.Level.String()}
+	n := 2
+	if c.HasUsername {
+		f.fields[n] = Field{"username", logSafe(c.Username)}
+		n++
+	}
+	if id := f.usedIdentity(); id != "" {
+		f.fields[n] = Field{"identity", logSafe(id)}
+		n++
+	}
+	f.conn.SetMetadataStrings(f.fields[:n])
+	f.fields = [4]Field{} // hold no strings past the hook
+	f.conn.SetMetadataNumber("keep_alive", float64(c.KeepAlive))
 }
 
 // rejectEmptyKey answers with the CONNACK code the protocol version defines

@@ -410,3 +410,15 @@ func TestCounterNamesAreUnique(t *testing.T) {
 		t.Errorf("too-large counter is %q", names[rejectCounter(mqtt.ReasonTooLarge)])
 	}
 }
+
+// With dynamic_metadata off, the connection routes the same and carries
+// no metadata.
+func TestMetadataOff(t *testing.T) {
+	f, c := newFilter(t, `{"dynamic_metadata": false}`)
+	if st := f.OnRead([][]byte{connect(mqtt.Level311, "quiet", "u")}, false); st != Routed || *c.hashKey != "quiet" {
+		t.Fatalf("OnRead = %v, key %v", st, c.hashKey)
+	}
+	if len(c.metadata) != 0 || len(c.numbers) != 0 {
+		t.Errorf("metadata set: %v %v", c.metadata, c.numbers)
+	}
+}

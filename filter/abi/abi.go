@@ -77,8 +77,8 @@ func mqttStickyConfigNew(envoyConfig unsafe.Pointer, name *C.char, nameLen C.siz
 	}); !ok {
 		return false
 	}
-	hostLog(filter.LogInfo, fmt.Sprintf("mqtt_sticky: filter config loaded: hash_key=%s empty_key=%s max_connect_bytes=%d connect_timeout_ms=%d identity_binding=%s identity_source=%s proxy_protocol_cn=%v",
-		fc.HashKey, fc.EmptyKey, fc.MaxConnectBytes, fc.ConnectTimeoutMs, fc.IdentityBinding, fc.IdentitySource, fc.ProxyProtocolCN))
+	hostLog(filter.LogInfo, fmt.Sprintf("mqtt_sticky: filter config loaded: hash_key=%s empty_key=%s max_connect_bytes=%d connect_timeout_ms=%d identity_binding=%s identity_source=%s proxy_protocol_cn=%v dynamic_metadata=%v",
+		fc.HashKey, fc.EmptyKey, fc.MaxConnectBytes, fc.ConnectTimeoutMs, fc.IdentityBinding, fc.IdentitySource, fc.ProxyProtocolCN, fc.Metadata()))
 	out.handle = C.uintptr_t(cgo.NewHandle(cfg))
 	out.timeout_ns = C.int64_t(fc.ConnectTimeout())
 	out.waiting_gauge = gauges[filter.Waiting]

@@ -279,6 +279,13 @@ func (m *Model) SetDefaults() {
 		if l.BufferLimitBytes == 0 {
 			l.BufferLimitBytes = DefaultListenerBuffer
 		}
+		if l.Filter.DynamicMetadata == nil {
+			// The access log is the only reader of the metadata in the
+			// configuration the control plane serves; without it, the
+			// metadata would cost memory for nothing.
+			on := l.AccessLog
+			l.Filter.DynamicMetadata = &on
+		}
 		l.Filter.SetDefaults()
 		l.TLS.setDefaults()
 		if r := l.ConnectionRateLimit; r != nil && r.Burst == 0 {
@@ -648,10 +655,15 @@ func validName(s string) bool {
 func (m *Model) Clone() *Model {
 	c := &Model{Listeners: slices.Clone(m.Listeners), Clusters: slices.Clone(m.Clusters)}
 	for i := range c.Listeners {
-		c.Listeners[i].TLS = c.Listeners[i].TLS.clone()
-		if r := c.Listeners[i].ConnectionRateLimit; r != nil {
+		l := &c.Listeners[i]
+		l.TLS = l.TLS.clone()
+		if r := l.ConnectionRateLimit; r != nil {
 			v := *r
-			c.Listeners[i].ConnectionRateLimit = &v
+			l.ConnectionRateLimit = &v
+		}
+		if m := l.Filter.DynamicMetadata; m != nil {
+			v := *m
+			l.Filter.DynamicMetadata = &v
 		}
 	}
 	for i := range c.Clusters {
