@@ -25,7 +25,7 @@ EGCTL_VERSION := v1.9.1
 EGCTL := $(CURDIR)/.tools/bin/egctl
 
 .DEFAULT_GOAL := help
-.PHONY: help filter build envoy run tls-example bench bench-quick compose-tool eg-tool test unit e2e fuzz fuzz-short lint validate golden clean
+.PHONY: help filter build envoy run tls-example bench bench-quick bench-connections bench-soak compose-tool eg-tool test unit e2e fuzz fuzz-short lint validate golden clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -71,11 +71,22 @@ $(EGCTL):
 eg-tool: $(EGCTL) ## install Envoy Gateway's egctl, which the Envoy Gateway test uses, into .tools/
 	@$(EGCTL) x translate --help >/dev/null && echo "egctl $(EGCTL_VERSION): $(EGCTL)"
 
-bench: filter envoy ## full benchmark run (about 30 minutes); writes docs/benchmarks.md
+bench: filter envoy ## full benchmark run (about 45 minutes); writes docs/benchmarks.md
 	$(GO) run ./bench --out docs/benchmarks.md
 
-bench-quick: filter envoy ## quick benchmark run (under 5 minutes); writes build/benchmarks-quick.md
+bench-quick: filter envoy ## quick benchmark run (about 10 minutes); writes build/benchmarks-quick.md
 	$(GO) run ./bench --quick --out build/benchmarks-quick.md
+
+REPORT_DIR := $(CURDIR)/build/report
+
+bench-connections: filter build envoy ## 8,000 idle connections through every control-plane change (about 10 minutes); into docs/benchmarks.md
+	MQTT_STICKY_HOLD_CONNECTIONS=8000 MQTT_STICKY_REPORT_DIR=$(REPORT_DIR) $(GO) test -count=1 -timeout 40m -v -run 'TestConnectionsSurviveChanges|TestListenerChangesDrain' ./tests/
+	$(GO) run ./bench --out docs/benchmarks.md --insert connections=$(REPORT_DIR)/connections.md,drains=$(REPORT_DIR)/drains.md
+
+bench-soak: filter build envoy ## 30-minute soak with a chart (SOAK=30m); into docs/benchmarks.md and docs/benchmarks-soak.svg
+	MQTT_STICKY_SOAK=$(or $(SOAK),30m) MQTT_STICKY_REPORT_DIR=$(REPORT_DIR) $(GO) test -count=1 -timeout 90m -v -run 'TestSoak$$' ./tests/
+	cp $(REPORT_DIR)/benchmarks-soak.svg docs/
+	$(GO) run ./bench --out docs/benchmarks.md --insert soak=$(REPORT_DIR)/soak.md
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -100,7 +111,7 @@ fuzz: ## run each fuzz target for 5 minutes
 
 e2e: envoy compose-tool eg-tool ## end-to-end tests against the real Envoy (fails when Envoy is missing)
 	@mkdir -p build/test-output
-	DOCKER_CONFIG=$(DOCKER_CONFIG_DIR) EGCTL=$(EGCTL) $(GO) test -count=1 -timeout 20m -v -artifacts -outputdir $(CURDIR)/build/test-output ./tests/
+	DOCKER_CONFIG=$(DOCKER_CONFIG_DIR) EGCTL=$(EGCTL) $(GO) test -count=1 -timeout 30m -v -artifacts -outputdir $(CURDIR)/build/test-output ./tests/
 
 validate: filter envoy ## check envoy/static.yaml, envoy/bootstrap.yaml and compose/envoy-replicas.yaml with envoy --mode validate
 	ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/build $(ENVOY_LAUNCHER) --mode validate -c envoy/static.yaml

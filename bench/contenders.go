@@ -34,7 +34,8 @@ type proxy struct {
 	addr  string // where clients connect
 	pid   int    // 0 when there is no proxy (direct)
 	stop  func()
-	tls   *tls.Config // set for the TLS contenders: clients' TLS config
+	tls   *tls.Config        // set for the TLS contenders: clients' TLS config
+	envoy *envoyproc.Process // nil unless the contender is Envoy
 }
 
 // lbKind is the hash the Envoy contenders use.
@@ -50,15 +51,12 @@ const (
 // built by the control plane's own translator (so contender A runs exactly
 // what mqtt-sticky serves), with the EDS cluster turned into a static one.
 // withFilter=false gives contender B: plain tcp_proxy hashing on the
-// client's source IP. Each mutate changes the model before translation
-// (the TLS contenders add the listener's tls).
-func envoyConfig(listenPort, adminPort int, brokers []string, lb lbKind, withFilter bool, mutate ...func(*model.Model)) ([]byte, error) {
+// client's source IP. Each mod changes the model before it is translated
+// (the TLS contenders add the listener's tls), or the bootstrap after.
+func envoyConfig(listenPort, adminPort int, brokers []string, lb lbKind, withFilter bool, mods ...envoyMod) ([]byte, error) {
 	m := &model.Model{
 		Listeners: []model.Listener{{Name: "mqtt", Address: "127.0.0.1", Port: listenPort}},
 		Clusters:  []model.Cluster{{Name: "brokers", HealthCheck: model.HealthCheck{Type: model.HealthOff}}},
-	}
-	for _, f := range mutate {
-		f(m)
 	}
 	if lb != lbMaglev {
 		m.Clusters[0].LBPolicy = model.RingHash
@@ -68,6 +66,11 @@ func envoyConfig(listenPort, adminPort int, brokers []string, lb lbKind, withFil
 		return nil, err
 	}
 	m.Clusters[0].Endpoints = eps
+	for _, mod := range mods {
+		if mod.model != nil {
+			mod.model(m)
+		}
+	}
 	m.SetDefaults()
 	res, err := translate.Translate(m, "bench")
 	if err != nil {
@@ -105,11 +108,26 @@ func envoyConfig(listenPort, adminPort int, brokers []string, lb lbKind, withFil
 	for _, s := range res.Secrets {
 		b.StaticResources.Secrets = append(b.StaticResources.Secrets, s.(*tlsv3.Secret))
 	}
+	for _, mod := range mods {
+		if mod.bootstrap != nil {
+			mod.bootstrap(b)
+		}
+	}
 	if err := b.ValidateAll(); err != nil {
 		return nil, err
 	}
 	return protojson.Marshal(b)
 }
+
+// envoyMod changes an Envoy contender: its model before translation, its
+// bootstrap after, or the module it loads.
+type envoyMod struct {
+	model     func(*model.Model)
+	bootstrap func(*bootstrapv3.Bootstrap)
+	moduleDir string
+}
+
+func modelMod(f func(*model.Model)) envoyMod { return envoyMod{model: f} }
 
 func freePort() int {
 	p, err := envoyproc.FreePort("127.0.0.1")
@@ -121,8 +139,24 @@ func freePort() int {
 
 // startEnvoy runs Envoy with one worker thread, like HAProxy's one thread.
 func startEnvoy(env *benchEnv, name, title string, brokers []string, lb lbKind, withFilter bool, mutate ...func(*model.Model)) (*proxy, error) {
-	port, admin := freePort(), freePort()
-	cfg, err := envoyConfig(port, admin, brokers, lb, withFilter, mutate...)
+	var mods []envoyMod
+	for _, f := range mutate {
+		mods = append(mods, modelMod(f))
+	}
+	return startEnvoyN(env, name, brokers, lb, withFilter, 1, mods...)
+}
+
+// startEnvoyN runs Envoy with the given number of worker threads, its
+// model changed by mods.
+func startEnvoyN(env *benchEnv, name string, brokers []string, lb lbKind, withFilter bool, workers int, mods ...envoyMod) (*proxy, error) {
+	return startEnvoyOn(env, name, freePort(), brokers, lb, withFilter, workers, mods...)
+}
+
+// startEnvoyOn is startEnvoyN on a given listener port, so that a
+// restarted Envoy takes its predecessor's clients.
+func startEnvoyOn(env *benchEnv, name string, port int, brokers []string, lb lbKind, withFilter bool, workers int, mods ...envoyMod) (*proxy, error) {
+	admin := freePort()
+	cfg, err := envoyConfig(port, admin, brokers, lb, withFilter, mods...)
 	if err != nil {
 		return nil, err
 	}
@@ -130,14 +164,21 @@ func startEnvoy(env *benchEnv, name, title string, brokers []string, lb lbKind, 
 	if err := os.WriteFile(path, cfg, 0o644); err != nil {
 		return nil, err
 	}
+	moduleDir := env.moduleDir
+	for _, mod := range mods {
+		if mod.moduleDir != "" {
+			moduleDir = mod.moduleDir
+		}
+	}
 	p, err := envoyproc.Start(envoyproc.Options{
 		Binary:        env.envoyBin,
 		ConfigPath:    path,
 		AdminAddr:     fmt.Sprintf("127.0.0.1:%d", admin),
-		ModuleDir:     env.moduleDir,
+		ModuleDir:     moduleDir,
 		LogPath:       strings.TrimSuffix(path, ".json") + ".log",
 		LogLevel:      "warning",
-		Concurrency:   1,
+		Concurrency:   workers,
+		Env:           env.envoyEnv,
 		DieWithParent: true,
 	})
 	if err != nil {
@@ -149,7 +190,7 @@ func startEnvoy(env *benchEnv, name, title string, brokers []string, lb lbKind, 
 		p.Stop(5 * time.Second)
 		return nil, err
 	}
-	return &proxy{name: name, title: title, addr: fmt.Sprintf("127.0.0.1:%d", port), pid: p.Pid(),
+	return &proxy{name: name, addr: fmt.Sprintf("127.0.0.1:%d", port), pid: p.Pid(), envoy: p,
 		stop: func() { p.Stop(10 * time.Second) }}, nil
 }
 
@@ -160,10 +201,18 @@ func startEnvoy(env *benchEnv, name, title string, brokers []string, lb lbKind, 
 // on 2.6: naive=true writes that form, to show the stickiness check
 // catching it.) bindOpts are appended to the bind line (TLS termination).
 func haproxyConfig(port int, brokers []string, naive bool, bindOpts ...string) string {
+	return haproxyConfigWith(port, brokers, naive, 1, false, bindOpts...)
+}
+
+// haproxyConfigWith is haproxyConfig with threads threads and, with check,
+// health checks on the brokers: a TCP connect every second with a 1s
+// timeout, down after three failures, up after one success, as the Envoy
+// contenders' MQTT checks in the storms.
+func haproxyConfigWith(port int, brokers []string, naive bool, threads int, check bool, bindOpts ...string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `global
   maxconn 9900
-  nbthread 1
+  nbthread %d
 defaults
   mode tcp
   timeout connect 5s
@@ -176,13 +225,16 @@ frontend mqtt
   tcp-request content set-var(sess.mqtt_client_id) req.payload(0,0),mqtt_field_value(connect,client_identifier)
   default_backend brokers
 backend brokers
-`, port, strings.Join(append([]string{""}, bindOpts...), " "))
+`, threads, port, strings.Join(append([]string{""}, bindOpts...), " "))
 	if naive {
 		b.WriteString("  balance hash req.payload(0,0),mqtt_field_value(connect,client_identifier)\n")
 	} else {
 		b.WriteString("  balance hash var(sess.mqtt_client_id)\n")
 	}
 	b.WriteString("  hash-type consistent\n")
+	if check {
+		b.WriteString("  default-server check inter 1s fall 2 rise 1\n")
+	}
 	for i, s := range brokers {
 		fmt.Fprintf(&b, "  server b%d %s send-proxy-v2\n", i+1, s)
 	}
@@ -191,8 +243,13 @@ backend brokers
 
 func startHAProxy(env *benchEnv, name, title string, brokers []string, naive bool, bindOpts ...string) (*proxy, error) {
 	port := freePort()
+	return startHAProxyOn(env, name, port, haproxyConfig(port, brokers, naive, bindOpts...))
+}
+
+// startHAProxyOn runs HAProxy with cfg, which listens on port.
+func startHAProxyOn(env *benchEnv, name string, port int, cfg string) (*proxy, error) {
 	path := filepath.Join(env.dir, fmt.Sprintf("haproxy-%s-%d.cfg", name, port))
-	if err := os.WriteFile(path, []byte(haproxyConfig(port, brokers, naive, bindOpts...)), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
 	logf, err := os.Create(strings.TrimSuffix(path, ".cfg") + ".log")
@@ -236,5 +293,5 @@ func startHAProxy(env *benchEnv, name, title string, brokers []string, naive boo
 		}
 		time.Sleep(5 * time.Millisecond) // polling interval of a readiness check
 	}
-	return &proxy{name: name, title: title, addr: addr, pid: cmd.Process.Pid, stop: stop}, nil
+	return &proxy{name: name, addr: addr, pid: cmd.Process.Pid, stop: stop}, nil
 }

@@ -29,6 +29,7 @@ func setupRate(addr string, pid, workers int, dur time.Duration, prefix string) 
 func setupRateThreads(addr string, pid, workers int, dur time.Duration, prefix string) (rate, cpuPer1000 float64, byThread map[string]float64, err error) {
 	var done, failed atomic.Int64
 	var firstErr atomic.Value
+	perf := startPerf(pid)
 	cpu0 := cpuSeconds(pid)
 	threads0 := threadCPU(pid)
 	start := time.Now()
@@ -55,6 +56,7 @@ func setupRateThreads(addr string, pid, workers int, dur time.Duration, prefix s
 	elapsed := time.Since(start).Seconds()
 	cpu := cpuSeconds(pid) - cpu0
 	threads1 := threadCPU(pid)
+	counts := perf.stop()
 	if f := failed.Load(); f > done.Load()/100 {
 		return 0, 0, nil, fmt.Errorf("%d of %d connections failed: %v", f, f+done.Load(), firstErr.Load())
 	}
@@ -64,6 +66,9 @@ func setupRateThreads(addr string, pid, workers int, dur time.Duration, prefix s
 		cpuPer1000 = cpu / float64(done.Load()) * 1000
 		for k, v := range threads1 {
 			byThread[k] = (v - threads0[k]) / float64(done.Load()) * 1000
+		}
+		for k, v := range counts {
+			byThread[k] = v / float64(done.Load()) // per connection
 		}
 	}
 	return rate, cpuPer1000, byThread, nil
@@ -238,8 +243,9 @@ func publishLatency(addr, subID, pubID string, perSecond int, dur time.Duration)
 
 // idleMemory opens n connections through the proxy, each after a completed
 // CONNECT, keeps them open and idle, and returns the proxy's resident
-// memory growth per connection.
-func idleMemory(addr string, pid, n int, prefix string) (perConn float64, base, after int64, err error) {
+// memory growth per connection. Each held function runs while the
+// connections are open, to take more measurements.
+func idleMemory(addr string, pid, n int, prefix string, held ...func()) (perConn float64, base, after int64, err error) {
 	base = rssBytes(pid)
 	sessions := make([]*session, n)
 	err = connectEach(addr, n, 64, func(i int) string { return fmt.Sprintf("%s-%d", prefix, i) },
@@ -255,6 +261,9 @@ func idleMemory(addr string, pid, n int, prefix string) (perConn float64, base, 
 		return 0, 0, 0, err
 	}
 	after = rssBytes(pid)
+	for _, f := range held {
+		f()
+	}
 	return float64(after-base) / float64(n), base, after, nil
 }
 

@@ -6,6 +6,9 @@
 // accepting PROXY protocol) and is driven by the same load generator.
 // Hashing contenders must first prove they are sticky; one that is not is
 // reported as broken and not measured.
+//
+// The report is made of sections (sections.go); --only runs some of them
+// and replaces only those in the report.
 package main
 
 import (
@@ -15,6 +18,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,36 +28,60 @@ import (
 )
 
 type benchEnv struct {
-	dir       string
-	envoyBin  string
-	moduleDir string
-	quick     bool
-	reps      int
-	setupDur  time.Duration
-	latDur    time.Duration
-	workers   int
-	connRate  int
-	msgs      int
-	msgRate   int
-	idle      int
-	qualityN  int
-	brokers   []*broker.Broker
+	dir          string
+	envoyBin     string
+	moduleDir    string
+	quick        bool
+	reps         int
+	setupDur     time.Duration
+	latDur       time.Duration
+	workers      int
+	connRate     int
+	msgs         int
+	msgRate      int
+	idle         int
+	qualityN     int
+	stormClients int
+	stormRate    uint32
+	partialConns int
+	brokers      []*broker.Broker
+	envoyEnv     []string // extra environment for Envoy (and the module's Go runtime)
 }
 
+// allSections are what a plain `go run ./bench` (make bench) runs.
+var allSections = []string{"main", "concurrency", "module", "memory", "partial", "storms"}
+
 func main() {
-	quick := flag.Bool("quick", false, "short runs and 5,000 IDs for routing quality (under 5 minutes)")
-	out := flag.String("out", "docs/benchmarks.md", "report to write")
+	quick := flag.Bool("quick", false, "short runs and fewer clients (under 10 minutes)")
+	out := flag.String("out", "docs/benchmarks.md", "report to write; sections not run are kept")
 	moduleDir := flag.String("module-dir", "build", "directory holding libmqtt_sticky.so")
-	soak := flag.Duration("soak", 0, "instead of the report: run connection setups through contender A (or B with --soak-b) for this long, for profiling")
-	soakB := flag.Bool("soak-b", false, "with --soak, use contender B")
-	tlsOnly := flag.Bool("tls-only", false, "measure only the TLS contenders (A-TLS, B-TLS, C-TLS)")
+	only := flag.String("only", strings.Join(allSections, ","), "comma-separated sections to run: "+strings.Join(allSections, ", "))
+	insert := flag.String("insert", "", "NAME=FILE[,NAME=FILE]: put a markdown fragment (a test's report) into the report as section NAME, and run nothing")
+	stormClients := flag.Int("storm-clients", 8000, "clients held through each proxy in the storms (quick: 1500)")
+	partialConns := flag.Int("partial-connects", 3000, "connections holding a partial CONNECT in the pre-CONNECT memory measurement")
+	profileLoad := flag.Duration("profile-load", 0, "instead of the report: run connection setups through contender A (or B with --profile-b) for this long, for profiling")
+	profileB := flag.Bool("profile-b", false, "with --profile-load, use contender B")
+	concurrency := flag.Int("concurrency", 1, "with --profile-load, Envoy's worker threads")
+	envoyEnv := flag.String("envoy-env", "", "extra environment for the Envoys, e.g. GOMAXPROCS=3 (comma-separated)")
+	tlsOnly := flag.Bool("tls-only", false, "measure only the TLS contenders (A-TLS, B-TLS, C-TLS) and write them alone to --out")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 
+	if *insert != "" {
+		if err := insertSections(*out, *insert); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	env := &benchEnv{quick: *quick, reps: 7, setupDur: 8 * time.Second, latDur: 8 * time.Second,
-		workers: 32, connRate: 200, msgs: 200_000, msgRate: 2000, idle: 9000, qualityN: 100_000}
+		workers: 32, connRate: 200, msgs: 200_000, msgRate: 2000, idle: 9000, qualityN: 100_000,
+		stormClients: *stormClients, stormRate: 2000, partialConns: *partialConns}
 	if env.quick {
 		env.reps, env.setupDur, env.latDur, env.msgs, env.qualityN = 3, 2*time.Second, 2*time.Second, 50_000, 5_000
+		env.stormClients, env.stormRate = min(env.stormClients, 1500), 500
+	}
+	if *envoyEnv != "" {
+		env.envoyEnv = strings.Split(*envoyEnv, ",")
 	}
 	bin, err := envoyproc.FindBinary()
 	if err != nil {
@@ -73,46 +102,122 @@ func main() {
 	defer os.RemoveAll(env.dir)
 
 	// Eleven brokers: the performance runs use three, routing quality up to
-	// ten plus one joining.
+	// ten plus one joining. MQTT_STICKY_TEST_NET=N moves them from 127.0.1.x
+	// to 127.0.N.x, as it does the tests' brokers.
+	net := "127.0.1"
+	if n, err := strconv.Atoi(os.Getenv("MQTT_STICKY_TEST_NET")); err == nil && n > 1 && n < 255 {
+		net = fmt.Sprintf("127.0.%d", n)
+	}
 	for i := range 11 {
-		b, err := broker.Start(broker.Options{Name: fmt.Sprintf("b%d", i+1), Listen: fmt.Sprintf("127.0.1.%d:18831", i+1),
+		b, err := broker.Start(broker.Options{Name: fmt.Sprintf("b%d", i+1), Listen: fmt.Sprintf("%s.%d:18831", net, i+1),
 			ProxyProtocol: broker.ProxyOptional, MaxRecords: 2_000_000})
 		if err != nil {
 			log.Fatal(err)
 		}
-		defer b.Close()
+		defer func() { b.Close() }()
 		env.brokers = append(env.brokers, b)
 	}
-	if *soak > 0 {
-		p, err := startEnvoy(env, "soak", "", brokerAddrs(env.brokers[:3]), lbMaglev, !*soakB)
-		if err != nil {
-			log.Fatal(err)
-		}
-		defer p.stop()
-		log.Printf("soaking envoy pid %d for %v", p.pid, *soak)
-		rate, cpu, err := setupRate(p.addr, p.pid, env.workers, *soak, "soak")
-		log.Printf("rate %.0f/s, %.3f CPU s per 1000, err %v", rate, cpu, err)
+	if *profileLoad > 0 {
+		runProfileLoad(env, *profileLoad, !*profileB, *concurrency)
 		return
 	}
+	var run []string
+	for _, s := range strings.Split(*only, ",") {
+		if s = strings.TrimSpace(s); !slices.Contains(allSections, s) {
+			log.Fatalf("--only %q: sections are %s", s, strings.Join(allSections, ", "))
+		}
+		run = append(run, s)
+	}
 	start := time.Now()
-	rep := &report{env: env, started: start}
-	if !*tlsOnly {
-		rep.perf = runPerf(env)
-	}
-	rep.tls = runTLSPerf(env)
-	if !*tlsOnly {
-		rep.quality = runQuality(env)
-		rep.goBench = runGoBenchmarks(env)
-	}
-	rep.took = time.Since(start)
-	write := rep.write
 	if *tlsOnly {
-		write = rep.writeTLSOnly
+		rep := &report{env: env, started: start}
+		rep.tls = runTLSPerf(env)
+		rep.took = time.Since(start)
+		if err := rep.writeTLSOnly(*out); err != nil {
+			log.Fatal(err)
+		}
+		return
 	}
-	if err := write(*out); err != nil {
+	sections := map[string]string{}
+	for _, name := range run {
+		log.Printf("section %s", name)
+		text, err := runSection(env, name, *out)
+		if err != nil {
+			log.Fatalf("section %s: %v", name, err)
+		}
+		if name != "main" {
+			text += fmt.Sprintf("\n_Written by `%s` on %s; the machine and versions are in the first section._\n",
+				commandFor(name, env), time.Now().UTC().Format("2006-01-02 15:04 MST"))
+		}
+		sections[name] = text
+	}
+	if err := writeSections(*out, sections); err != nil {
 		log.Fatal(err)
 	}
-	log.Printf("wrote %s in %v", *out, rep.took.Round(time.Second))
+	log.Printf("wrote %s (%s) in %v", *out, strings.Join(run, ", "), time.Since(start).Round(time.Second))
+}
+
+// runSection runs one section of the report and returns its markdown.
+func runSection(env *benchEnv, name, out string) (string, error) {
+	switch name {
+	case "main":
+		rep := &report{env: env, started: time.Now()}
+		rep.perf = runPerf(env)
+		rep.tls = runTLSPerf(env)
+		rep.quality = runQuality(env)
+		rep.goBench = runGoBenchmarks(env)
+		rep.took = time.Since(rep.started)
+		return rep.render(out)
+	case "concurrency":
+		return concurrencySection(env, runConcurrency(env)), nil
+	case "module":
+		return moduleSection(env)
+	case "memory":
+		return memorySection(env)
+	case "partial":
+		return partialSection(env)
+	case "storms":
+		return stormSection(env, runStorms(env)), nil
+	}
+	return "", fmt.Errorf("unknown section %q", name)
+}
+
+// commandFor is the command that reruns a section.
+func commandFor(name string, env *benchEnv) string {
+	quick := ""
+	if env.quick {
+		quick = " --quick"
+	}
+	return fmt.Sprintf("go run ./bench%s --only %s", quick, name)
+}
+
+// insertSections puts test reports into the report: NAME=FILE pairs.
+func insertSections(out, spec string) error {
+	sections := map[string]string{}
+	for _, pair := range strings.Split(spec, ",") {
+		name, file, ok := strings.Cut(pair, "=")
+		if !ok {
+			return fmt.Errorf("--insert %q: want NAME=FILE", pair)
+		}
+		text, err := os.ReadFile(file)
+		if err != nil {
+			return err
+		}
+		sections[name] = string(text)
+	}
+	return writeSections(out, sections)
+}
+
+func runProfileLoad(env *benchEnv, d time.Duration, withFilter bool, workers int) {
+	p, err := startEnvoyN(env, "profile", brokerAddrs(env.brokers[:3]), lbMaglev, withFilter, workers)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer p.stop()
+	log.Printf("loading envoy pid %d (admin %s) for %v", p.pid, p.envoy.AdminAddr(), d)
+	rate, cpu, threads, err := setupRateThreads(p.addr, p.pid, env.workers, d, "profile")
+	log.Printf("rate %.0f/s, %.3f CPU s per 1000 (worker %.3f, other %.3f), %.2f context switches per connection, err %v",
+		rate, cpu, threads["worker"], threads["other"], threads["context-switches"], err)
 }
 
 func brokerAddrs(bs []*broker.Broker) []string {

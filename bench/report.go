@@ -77,7 +77,9 @@ func ratio(a, b *perfResult, get func(*perfResult) stat) string {
 	return fmt.Sprintf("%.2f×", get(a).median/get(b).median)
 }
 
-func (r *report) write(path string) error {
+// render returns the main section of the report, and writes its chart
+// next to path.
+func (r *report) render(path string) (string, error) {
 	env := r.env
 	var b strings.Builder
 	mode, cmd := "full", "make bench"
@@ -163,12 +165,12 @@ Setup rate counts completed CONNECT→CONNACK handshakes per second, each connec
 	b.WriteString(r.goBench)
 	b.WriteString("\n```\n")
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
+		return "", err
 	}
 	if err := os.WriteFile(filepath.Join(filepath.Dir(path), "benchmarks-connect.svg"), []byte(r.chart()), 0o644); err != nil {
-		return err
+		return "", err
 	}
-	return os.WriteFile(path, []byte(b.String()), 0o644)
+	return b.String(), nil
 }
 
 // chart draws two horizontal bar charts: setup rate and connect p99.

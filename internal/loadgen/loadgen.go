@@ -37,8 +37,10 @@ const (
 type Options struct {
 	// Addr is where the clients connect: the proxy.
 	Addr string
-	// IDPrefix names the clients: client i has ID IDPrefix-<i>.
+	// IDPrefix names the clients: client i has ID IDPrefix-<i>, unless
+	// IDs is set and names them instead.
 	IDPrefix string
+	IDs      func(i int) string
 	// KeepAlive goes in the CONNECT, and every client sends a PINGREQ
 	// this often. Zero means 60s.
 	KeepAlive time.Duration
@@ -50,7 +52,8 @@ type Options struct {
 	Source func(i int) net.IP
 	// Reconnect makes a client whose connection is lost connect again at
 	// once, and after a failed attempt again after an exponential backoff
-	// with jitter (ReconnectMin to ReconnectMax), as real devices do.
+	// with jitter (ReconnectMin to ReconnectMax), as real devices do; its
+	// first connection is retried the same way.
 	Reconnect                  bool
 	ReconnectMin, ReconnectMax time.Duration
 	// DialTimeout bounds one connection attempt, CONNACK included
@@ -105,13 +108,32 @@ func Connect(ctx context.Context, opts Options, n int) (*Set, error) {
 	}
 	s := &Set{opts: opts, closed: make(chan struct{})}
 	for i := range n {
-		s.clients = append(s.clients, &client{set: s, i: i, id: fmt.Sprintf("%s-%05d", opts.IDPrefix, i)})
+		id := fmt.Sprintf("%s-%05d", opts.IDPrefix, i)
+		if opts.IDs != nil {
+			id = opts.IDs(i)
+		}
+		s.clients = append(s.clients, &client{set: s, i: i, id: id})
 	}
 	err := parallel(len(s.clients), opts.Workers, func(i int) error {
-		if ctx.Err() != nil {
-			return ctx.Err()
+		backoff := opts.ReconnectMin
+		for {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			err := s.clients[i].connect()
+			if err == nil || !opts.Reconnect {
+				return err
+			}
+			// A reconnecting client retries its first connection too, as a
+			// device does when the proxy refuses it.
+			s.failed.Add(1)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(backoff/2 + rand.N(backoff)):
+			}
+			backoff = min(backoff*2, opts.ReconnectMax)
 		}
-		return s.clients[i].connect()
 	})
 	if err != nil {
 		s.Close()
