@@ -60,52 +60,61 @@ func end(c *conn, keep bool) C.uintptr_t {
 	return 0
 }
 
-//export mqttStickyOnRead
-func mqttStickyOnRead(cfgHandle C.uintptr_t, envoy unsafe.Pointer, handle *C.uintptr_t, chunks *C.envoy_dynamic_module_type_envoy_buffer, n C.size_t, endStream C.bool) (status C.int) {
-	c := begin(cfgHandle, envoy, *handle)
+// run runs fn on the connection behind handle (a fresh one when Go keeps
+// nothing for it yet) behind the panic barrier, then finishes it with
+// end(keep) and returns fn's status and the handle shim.c is to keep.
+func run(hook string, cfgHandle C.uintptr_t, envoy unsafe.Pointer, handle C.uintptr_t, keep bool, fn func(*conn) C.int) (status C.int, kept C.uintptr_t) {
+	var c *conn
 	defer func() {
-		c.barrier("on_read", recover(), &status)
-		*handle = end(c, true)
-	}()
-	switch c.filter.OnRead(c.chunkViews(chunks, int(n)), bool(endStream)) {
-	case filter.Routed:
-		return statusRouted
-	case filter.Stop:
-		if c.filter.Waiting() {
-			return statusStop
+		r := recover()
+		if c == nil { // begin failed: a bad handle, a bug in shim.c
+			if r != nil {
+				hostLog(filter.LogCritical, fmt.Sprintf("mqtt_sticky: panic in %s before the filter ran, closing the connection: %v\n%s", hook, r, debug.Stack()))
+				C.envoy_dynamic_module_callback_network_filter_close_with_details(C.envoy_network_filter_envoy_ptr(envoy), C.envoy_close_abort, moduleBuffer("mqtt_sticky: internal error"))
+				status, kept = statusRefused, 0
+			}
+			return
 		}
-	}
-	return statusRefused
+		if r != nil {
+			c.fail(hook, r)
+			status = statusRefused
+		}
+		kept = end(c, keep)
+	}()
+	c = begin(cfgHandle, envoy, handle)
+	return fn(c), 0
+}
+
+//export mqttStickyOnRead
+func mqttStickyOnRead(cfgHandle C.uintptr_t, envoy unsafe.Pointer, handle *C.uintptr_t, chunks *C.envoy_dynamic_module_type_envoy_buffer, n C.size_t, endStream C.bool) C.int {
+	status, kept := run("on_read", cfgHandle, envoy, *handle, true, func(c *conn) C.int {
+		switch c.filter.OnRead(c.chunkViews(chunks, int(n)), bool(endStream)) {
+		case filter.Routed:
+			return statusRouted
+		case filter.Stop:
+			if c.filter.Waiting() {
+				return statusStop
+			}
+		}
+		return statusRefused
+	})
+	*handle = kept
+	return status
 }
 
 //export mqttStickyOnTimeout
 func mqttStickyOnTimeout(cfgHandle C.uintptr_t, envoy unsafe.Pointer, handle C.uintptr_t) {
-	c := begin(cfgHandle, envoy, handle)
-	defer func() {
-		c.barrier("on_timeout", recover(), nil)
-		end(c, false) // shim.c has forgotten the handle
-	}()
-	c.filter.OnTimeout()
+	run("on_timeout", cfgHandle, envoy, handle, false, func(c *conn) C.int { c.filter.OnTimeout(); return statusRefused })
 }
 
 //export mqttStickyOnClose
 func mqttStickyOnClose(cfgHandle C.uintptr_t, envoy unsafe.Pointer, handle C.uintptr_t) {
-	c := begin(cfgHandle, envoy, handle)
-	defer func() {
-		c.barrier("on_close", recover(), nil)
-		end(c, false)
-	}()
-	c.filter.OnClose()
+	run("on_close", cfgHandle, envoy, handle, false, func(c *conn) C.int { c.filter.OnClose(); return statusRefused })
 }
 
 //export mqttStickyRefuseUnread
 func mqttStickyRefuseUnread(cfgHandle C.uintptr_t, envoy unsafe.Pointer) {
-	c := begin(cfgHandle, envoy, 0)
-	defer func() {
-		c.barrier("on_new_connection", recover(), nil)
-		end(c, false)
-	}()
-	c.filter.OnNewConnection()
+	run("on_new_connection", cfgHandle, envoy, 0, false, func(c *conn) C.int { c.filter.OnNewConnection(); return statusRefused })
 }
 
 // mqttStickyRelease frees what Go keeps for a connection Envoy destroyed
@@ -123,16 +132,10 @@ func mqttStickyRelease(handle C.uintptr_t) {
 	h.Delete()
 }
 
-// barrier stops a panic at the hook boundary: a panic must never reach
-// Envoy, which would abort the process. The connection is failed closed,
-// counted once, and its conn is not reused.
-func (c *conn) barrier(hook string, r any, status *C.int) {
-	if r == nil {
-		return
-	}
-	if status != nil {
-		*status = statusRefused
-	}
+// fail handles a panic in a hook: a panic must never reach Envoy, which
+// would abort the process. The connection is failed closed and counted
+// once, and its conn is not reused.
+func (c *conn) fail(hook string, r any) {
 	if c.panicked {
 		return
 	}
