@@ -233,7 +233,7 @@ backend brokers
 	}
 	b.WriteString("  hash-type consistent\n")
 	if check {
-		b.WriteString("  default-server check inter 1s fall 2 rise 1\n")
+		b.WriteString("  timeout check 1s\n  default-server check inter 1s fall 3 rise 1\n")
 	}
 	for i, s := range brokers {
 		fmt.Fprintf(&b, "  server b%d %s send-proxy-v2\n", i+1, s)

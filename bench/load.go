@@ -138,10 +138,11 @@ func connectLatency(addr string, perSecond int, dur time.Duration, prefix string
 }
 
 // pubSub connects a subscriber and a publisher (on the same broker, which
-// the caller arranges through the client IDs) and subscribes.
+// the caller arranges through the client IDs) and subscribes. Both connect
+// from the address sameBrokerPair tried them from, so that a contender
+// hashing the source address puts them where it did then.
 func pubSub(addr, subID, pubID, topic string) (sub, pub *session, err error) {
-	d := &dialer{}
-	sub, _, err = d.connect(addr, subID)
+	sub, _, err = (&dialer{}).connect(addr, subID)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -149,7 +150,7 @@ func pubSub(addr, subID, pubID, topic string) (sub, pub *session, err error) {
 		sub.close()
 		return nil, nil, err
 	}
-	pub, _, err = d.connect(addr, pubID)
+	pub, _, err = (&dialer{}).connect(addr, pubID)
 	if err != nil {
 		sub.close()
 		return nil, nil, err
