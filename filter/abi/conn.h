@@ -37,6 +37,7 @@ typedef struct mqtt_sticky_conn {
   const mqtt_sticky_config* config;
   mqtt_sticky_worker* worker;  // set by on_new_connection
   uintptr_t handle;            // the Go filter, 0 while Go keeps nothing for it
+  int64_t arrived;             // CLOCK_MONOTONIC ns, when on_new_connection ran
   int64_t deadline;            // CLOCK_MONOTONIC ns, while waiting
   uint8_t state;               // mqtt_sticky_state
   bool in_go;                  // a Go call for this connection is on the stack

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"runtime/cgo"
 	"runtime/debug"
+	"time"
 	"unsafe"
 
 	"github.com/mqtt-sticky/mqtt-sticky/filter"
@@ -85,9 +86,17 @@ func run(hook string, cfgHandle C.uintptr_t, envoy unsafe.Pointer, handle C.uint
 	return fn(c), 0
 }
 
+// mqttStickyOnRead hands the filter the connection's unread bytes. waited
+// is how long ago the connection arrived (ns), for the ConnectWait
+// histogram; only a fresh conn needs it.
+//
 //export mqttStickyOnRead
-func mqttStickyOnRead(cfgHandle C.uintptr_t, envoy unsafe.Pointer, handle *C.uintptr_t, chunks *C.envoy_dynamic_module_type_envoy_buffer, n C.size_t, endStream C.bool) C.int {
+func mqttStickyOnRead(cfgHandle C.uintptr_t, envoy unsafe.Pointer, handle *C.uintptr_t, chunks *C.envoy_dynamic_module_type_envoy_buffer, n C.size_t, endStream C.bool, waited C.int64_t) C.int {
+	fresh := *handle == 0
 	status, kept := run("on_read", cfgHandle, envoy, *handle, true, func(c *conn) C.int {
+		if fresh {
+			c.filter.SetArrival(time.Now().Add(-time.Duration(waited)))
+		}
 		switch c.filter.OnRead(c.chunkViews(chunks, int(n)), bool(endStream)) {
 		case filter.Routed:
 			return statusRouted

@@ -104,6 +104,7 @@ int envoy_dynamic_module_on_network_filter_new_connection(envoy_network_filter_e
     return envoy_network_filter_stop_iteration;
   }
   int64_t now = mqtt_sticky_now();
+  c->arrived = now;
   sweep(now);  // a busy worker times out its own connections, without the ticker
   c->state = MQTT_STICKY_WAITING;
   envoy_dynamic_module_callback_network_filter_config_increment_gauge(cfg->envoy, cfg->waiting_gauge, 1);
@@ -115,9 +116,8 @@ int envoy_dynamic_module_on_network_filter_new_connection(envoy_network_filter_e
 // most every MQTT_STICKY_YIELD_NS; runtime.go says why.
 #define MQTT_STICKY_YIELD_NS (5 * 1000 * 1000)
 
-static void keep_sysmon_asleep(void) {
+static void keep_sysmon_asleep(int64_t now) {
   static _Thread_local int64_t last;
-  int64_t now = mqtt_sticky_now();
   if (now - last > MQTT_STICKY_YIELD_NS) {
     last = now;
     mqttStickyYield();
@@ -147,9 +147,10 @@ int envoy_dynamic_module_on_network_filter_read(envoy_network_filter_envoy_ptr f
   if (n > 0 && !envoy_dynamic_module_callback_network_filter_get_read_buffer_chunks(filter, chunks)) {
     n = 0;
   }
-  keep_sysmon_asleep();
+  int64_t now = mqtt_sticky_now();
+  keep_sysmon_asleep(now);
   c->in_go = true;
-  int status = mqttStickyOnRead(c->config->handle, filter, &c->handle, chunks, n, end_stream);
+  int status = mqttStickyOnRead(c->config->handle, filter, &c->handle, chunks, n, end_stream, now - c->arrived);
   c->in_go = false;
   if (chunks != stack) {
     free(chunks);
