@@ -10,6 +10,7 @@ import (
 
 	"github.com/mqtt-sticky/mqtt-sticky/internal/broker"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/loadgen"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 )
 
@@ -229,12 +230,12 @@ func TestConnectionsSurviveChanges(t *testing.T) {
 		spare := r.spares[i%2]
 		e := toAPI(spare)[0]
 		sum.add(r.apply("add "+spare.Name(), append(holders, spare.Addr()), func() {
-			if _, err := r.cp.client.AddEndpoint(ctx, "brokers", e); err != nil {
+			if _, err := r.cp.client.AddEndpoint(ctx, "brokers", e, control.AnyVersion); err != nil {
 				t.Fatal(err)
 			}
 		}))
 		sum.add(r.apply("remove "+spare.Name(), holders, func() {
-			if _, err := r.cp.client.RemoveEndpoint(ctx, "brokers", e); err != nil {
+			if _, err := r.cp.client.RemoveEndpoint(ctx, "brokers", e, control.AnyVersion); err != nil {
 				t.Fatal(err)
 			}
 		}))
@@ -259,12 +260,12 @@ func TestConnectionsSurviveChanges(t *testing.T) {
 	spare := toAPI(r.spares[0])[0]
 	results = append(results,
 		r.apply("endpoint addition under ring hash (ring grows)", append(holders, r.spares[0].Addr()), func() {
-			if _, err := r.cp.client.AddEndpoint(ctx, "brokers", spare); err != nil {
+			if _, err := r.cp.client.AddEndpoint(ctx, "brokers", spare, control.AnyVersion); err != nil {
 				t.Fatal(err)
 			}
 		}),
 		r.apply("endpoint removal under ring hash (ring shrinks)", holders, func() {
-			if _, err := r.cp.client.RemoveEndpoint(ctx, "brokers", spare); err != nil {
+			if _, err := r.cp.client.RemoveEndpoint(ctx, "brokers", spare, control.AnyVersion); err != nil {
 				t.Fatal(err)
 			}
 		}),
