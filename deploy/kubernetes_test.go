@@ -447,7 +447,7 @@ func checkEnvoy(t *testing.T, m *manifests, cp *model.File) {
 	if err := yaml.Unmarshal(raw, &ref); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"dynamic_resources", "admin"} {
+	for _, k := range []string{"dynamic_resources", "admin", "overload_manager"} {
 		if !reflect.DeepEqual(boot[k], ref[k]) {
 			t.Errorf("bootstrap %s differs from envoy/bootstrap.yaml's:\n%v\n%v", k, boot[k], ref[k])
 		}
