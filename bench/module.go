@@ -43,9 +43,12 @@ func buildDriver(env *benchEnv) (string, error) {
 
 // runDriver runs the driver and parses its key=value line.
 func runDriver(bin, module string, workers, perWorker int) (driverRun, error) {
-	out, err := exec.Command(bin, module, strconv.Itoa(workers), strconv.Itoa(perWorker), strconv.Itoa(moduleEnvoyMicros)).Output()
+	cmd := exec.Command(bin, module, strconv.Itoa(workers), strconv.Itoa(perWorker), strconv.Itoa(moduleEnvoyMicros))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return driverRun{}, fmt.Errorf("abidriver: %v: %s", err, out)
+		return driverRun{}, fmt.Errorf("abidriver: %v: %s%s", err, out, stderr.String())
 	}
 	v := map[string]float64{}
 	for _, f := range strings.Fields(string(out)) {

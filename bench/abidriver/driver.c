@@ -115,6 +115,20 @@ int envoy_dynamic_module_callback_network_filter_config_define_gauge(void* cfg, 
   *id = next++;
   return 0;
 }
+int envoy_dynamic_module_callback_network_filter_config_define_histogram(void* cfg, buf_t name, size_t* id) {
+  static size_t next;
+  *id = next++;
+  return 0;
+}
+int envoy_dynamic_module_callback_network_filter_record_histogram_value(fake_filter* f, size_t id, uint64_t v) { return 0; }
+// Plaintext connections: no TLS, no peer certificate.
+bool envoy_dynamic_module_callback_network_filter_is_ssl(fake_filter* f) { return false; }
+bool envoy_dynamic_module_callback_network_filter_get_ssl_subject(fake_filter* f, buf_t* out) { return false; }
+size_t envoy_dynamic_module_callback_network_filter_get_ssl_uri_sans_size(fake_filter* f) { return 0; }
+bool envoy_dynamic_module_callback_network_filter_get_ssl_uri_sans(fake_filter* f, buf_t* out) { return false; }
+size_t envoy_dynamic_module_callback_network_filter_get_ssl_dns_sans_size(fake_filter* f) { return 0; }
+bool envoy_dynamic_module_callback_network_filter_get_ssl_dns_sans(fake_filter* f, buf_t* out) { return false; }
+bool envoy_dynamic_module_callback_network_filter_get_attribute_string(fake_filter* f, int id, buf_t* out) { return false; }
 int envoy_dynamic_module_callback_network_filter_increment_counter(fake_filter* f, size_t id, uint64_t v) {
   atomic_fetch_add(&counters[id % 64], (long)v);
   return 0;
