@@ -225,7 +225,7 @@ static void start_ticker(void) {
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   if (pthread_create(&t, &attr, ticker, NULL) == 0) {
-    pthread_setname_np(t, "mqtt_sticky_tick");
+    pthread_setname_np(t, "mqtt_sticky_tk");  // at most 15 characters
     ticker_running = true;
   }
   pthread_attr_destroy(&attr);
