@@ -113,10 +113,18 @@ e2e: envoy compose-tool eg-tool ## end-to-end tests against the real Envoy (fail
 	@mkdir -p build/test-output
 	DOCKER_CONFIG=$(DOCKER_CONFIG_DIR) EGCTL=$(EGCTL) $(GO) test -count=1 -timeout 30m -v -artifacts -outputdir $(CURDIR)/build/test-output ./tests/
 
-validate: filter envoy ## check envoy/static.yaml, envoy/bootstrap.yaml and compose/envoy-replicas.yaml with envoy --mode validate
+validate: filter build envoy ## check the Envoy configs (static, bootstraps, compose replicas) with envoy --mode validate
 	ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/build $(ENVOY_LAUNCHER) --mode validate -c envoy/static.yaml
 	ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/build $(ENVOY_LAUNCHER) --mode validate -c envoy/bootstrap.yaml
-	ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/build $(ENVOY_LAUNCHER) --mode validate -c compose/envoy-replicas.yaml
+	@# The mutual-TLS bootstraps read certificates from /etc/envoy/xds-certs:
+	@# validate copies that read throwaway ones from build/validate instead.
+	@mkdir -p build/validate
+	@./$(CLI) certs --dir build/validate/xds-certs >/dev/null
+	@for f in envoy/bootstrap-mtls.yaml compose/envoy-replicas.yaml; do \
+		sed 's|/etc/envoy/xds-certs/|$(CURDIR)/build/validate/xds-certs/|g' $$f > build/validate/$$(basename $$f) || exit 1; \
+		echo "envoy --mode validate -c $$f (certificates from build/validate/xds-certs)"; \
+		ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/build $(ENVOY_LAUNCHER) --mode validate -c build/validate/$$(basename $$f) || exit 1; \
+	done
 
 test: lint unit fuzz-short filter build validate e2e ## the whole suite: lint, unit, fuzz, e2e (the README's test command)
 
