@@ -167,29 +167,10 @@ func parseEndpoint(s string) (model.Endpoint, error) {
 }
 
 func runStatus(args []string, stdout, stderr io.Writer) error {
-	var cf clientFlags
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cf.register(fs)
-	if rest, err := parse(fs, args); err != nil {
-		return err
-	} else if len(rest) > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, rest[0])
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	c, err := cf.client()
-	if err != nil {
-		return err
-	}
-	st, err := c.Status(ctx)
-	if err != nil {
-		return err
-	}
-	if cf.json {
-		return printJSON(stdout, st)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	return runQuery(args, stdout, stderr, "status", (*api.Client).Status, printStatus)
+}
+
+func printStatus(tw *tabwriter.Writer, st *api.Status) {
 	if st.Replica != "" {
 		fmt.Fprintf(tw, "replica %s: ", st.Replica)
 	}
@@ -221,6 +202,35 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	for _, c := range st.Clusters {
 		printClusterStatus(tw, c)
 	}
+}
+
+// runQuery runs a command that takes no arguments and prints what one API
+// call returns: the API's JSON with --json, else a table.
+func runQuery[T any](args []string, stdout, stderr io.Writer, name string, call func(*api.Client, context.Context) (T, error), table func(*tabwriter.Writer, T)) error {
+	var cf clientFlags
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cf.register(fs)
+	if rest, err := parse(fs, args); err != nil {
+		return err
+	} else if len(rest) > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, rest[0])
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	v, err := call(c, ctx)
+	if err != nil {
+		return err
+	}
+	if cf.json {
+		return printJSON(stdout, v)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	table(tw, v)
 	return tw.Flush()
 }
 

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"context"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/mqtt-sticky/mqtt-sticky/api"
 )
@@ -15,29 +12,10 @@ import (
 // runListeners prints the served listeners: address, cluster, TLS and the
 // identity settings of the filter.
 func runListeners(args []string, stdout, stderr io.Writer) error {
-	var cf clientFlags
-	fs := flag.NewFlagSet("listeners", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cf.register(fs)
-	if rest, err := parse(fs, args); err != nil {
-		return err
-	} else if len(rest) > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, rest[0])
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	c, err := cf.client()
-	if err != nil {
-		return err
-	}
-	list, err := c.Listeners(ctx)
-	if err != nil {
-		return err
-	}
-	if cf.json {
-		return printJSON(stdout, list)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	return runQuery(args, stdout, stderr, "listeners", (*api.Client).Listeners, printListeners)
+}
+
+func printListeners(tw *tabwriter.Writer, list *api.ListenerList) {
 	fmt.Fprintf(tw, "version %d, %d listener(s)\n", list.Version, len(list.Listeners))
 	fmt.Fprintln(tw, "NAME\tADDRESS\tCLUSTER\tTLS\tHASH KEY\tIDENTITY BINDING")
 	for _, l := range list.Listeners {
@@ -47,7 +25,6 @@ func runListeners(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s:%d\t%s\t%s\t%s\t%s\n", l.Name, l.Address, l.Port, l.Cluster, tlsSummary(l), l.Filter.HashKey, binding)
 	}
-	return tw.Flush()
 }
 
 func tlsSummary(l api.Listener) string {
