@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/mqtt-sticky/mqtt-sticky/api"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/broker"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/envoyproc"
+	"github.com/mqtt-sticky/mqtt-sticky/xds/health"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 )
 
@@ -250,52 +252,22 @@ func (e *xdsEnvoy) hosts(t *testing.T) []clusterHost {
 }
 
 // clusterHosts returns the hosts of an Envoy's cluster, from its admin
-// /clusters.
+// /clusters, sorted by address.
 func clusterHosts(t testing.TB, p *envoyproc.Process, cluster string) []clusterHost {
 	t.Helper()
 	code, body, err := p.Get(context.Background(), "/clusters?format=json")
 	if err != nil || code != 200 {
 		t.Fatalf("GET /clusters: %d %v", code, err)
 	}
-	var doc struct {
-		ClusterStatuses []struct {
-			Name         string `json:"name"`
-			HostStatuses []struct {
-				Address struct {
-					SocketAddress struct {
-						Address   string `json:"address"`
-						PortValue int    `json:"port_value"`
-					} `json:"socket_address"`
-				} `json:"address"`
-				HealthStatus map[string]any `json:"health_status"`
-			} `json:"host_statuses"`
-		} `json:"cluster_statuses"`
-	}
-	if err := json.Unmarshal([]byte(body), &doc); err != nil {
+	clusters, err := health.ParseClusters(strings.NewReader(body))
+	if err != nil {
 		t.Fatal(err)
 	}
 	var out []clusterHost
-	for _, c := range doc.ClusterStatuses {
-		if c.Name != cluster {
-			continue
-		}
-		for _, h := range c.HostStatuses {
-			healthy := true
-			for k, v := range h.HealthStatus {
-				if k == "eds_health_status" {
-					if v != "HEALTHY" {
-						healthy = false
-					}
-				} else if v == true {
-					healthy = false // failed_active_health_check, pending_active_hc, ...
-				}
-			}
-			out = append(out, clusterHost{
-				Address: fmt.Sprintf("%s:%d", h.Address.SocketAddress.Address, h.Address.SocketAddress.PortValue),
-				Healthy: healthy,
-			})
-		}
+	for addr, h := range clusters[cluster] {
+		out = append(out, clusterHost{Address: addr, Healthy: h.Healthy})
 	}
+	slices.SortFunc(out, func(a, b clusterHost) int { return strings.Compare(a.Address, b.Address) })
 	return out
 }
 

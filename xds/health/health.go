@@ -338,11 +338,22 @@ func (w *Watcher) read(ctx context.Context, adminAddr string) (nodeView, error) 
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET /clusters: %s", resp.Status)
 	}
-	var doc clustersDoc
-	if err := json.NewDecoder(io.LimitReader(resp.Body, maxBody)).Decode(&doc); err != nil {
+	v, err := ParseClusters(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
 		return nil, fmt.Errorf("GET /clusters: %w", err)
 	}
-	v := nodeView{}
+	return v, nil
+}
+
+// ParseClusters reads Envoy's GET /clusters?format=json: for each cluster,
+// its hosts by address (model.Endpoint.KeyOrRaw) with their health and
+// active connections.
+func ParseClusters(r io.Reader) (map[string]map[string]Host, error) {
+	var doc clustersDoc
+	if err := json.NewDecoder(r).Decode(&doc); err != nil {
+		return nil, err
+	}
+	v := map[string]map[string]Host{}
 	for _, c := range doc.ClusterStatuses {
 		hosts := map[string]Host{}
 		for _, h := range c.HostStatuses {

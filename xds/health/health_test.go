@@ -1,6 +1,7 @@
 package health
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -78,5 +79,40 @@ func TestBrokers(t *testing.T) {
 	}
 	if b := w.Brokers("no-such-cluster"); b != nil {
 		t.Errorf("unknown cluster: %v", b)
+	}
+}
+
+// A /clusters document in the shape Envoy 1.40 writes: a host is healthy
+// only when EDS says HEALTHY and no active-check flag is set; cx_active
+// is absent when it is 0; IPv6 addresses get brackets.
+func TestParseClusters(t *testing.T) {
+	doc := `{"cluster_statuses":[
+	 {"name":"brokers","host_statuses":[
+	  {"address":{"socket_address":{"address":"127.0.0.1","port_value":18831}},
+	   "stats":[{"name":"cx_total","value":"9"},{"name":"cx_active","value":"3","type":"GAUGE"}],
+	   "health_status":{"eds_health_status":"HEALTHY"}},
+	  {"address":{"socket_address":{"address":"127.0.0.1","port_value":18832}},
+	   "stats":[{"name":"cx_active","type":"GAUGE"}],
+	   "health_status":{"failed_active_health_check":true,"eds_health_status":"HEALTHY"}},
+	  {"address":{"socket_address":{"address":"::1","port_value":18833}},
+	   "health_status":{"eds_health_status":"DRAINING"}}]},
+	 {"name":"xds","host_statuses":[]}]}`
+	got, err := ParseClusters(strings.NewReader(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]map[string]Host{
+		"brokers": {
+			"127.0.0.1:18831": {Healthy: true, Connections: 3},
+			"127.0.0.1:18832": {Healthy: false},
+			"[::1]:18833":     {Healthy: false},
+		},
+		"xds": {},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("clusters (-want +got):\n%s", diff)
+	}
+	if _, err := ParseClusters(strings.NewReader(`{"cluster_statuses":[`)); err == nil {
+		t.Error("a cut document was accepted")
 	}
 }
