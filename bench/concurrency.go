@@ -37,7 +37,7 @@ func runConcurrency(env *benchEnv) []concurrencyRow {
 		for rep := range env.reps {
 			for _, p := range []*proxy{a, b} {
 				log.Printf("concurrency %d, rep %d/%d: %s", workers, rep+1, env.reps, p.name)
-				rate, cpu, threads, err := setupRateThreads(p.addr, p.pid, env.workers, env.setupDur, fmt.Sprintf("%s-r%d", p.name, rep))
+				rate, cpu, threads, err := setupRateThreads(p, env.workers, env.setupDur, fmt.Sprintf("%s-r%d", p.name, rep))
 				if err != nil {
 					log.Printf("  %v", err)
 					continue

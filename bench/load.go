@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -14,11 +15,12 @@ import (
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
 )
 
-// setupRate runs workers that each connect, complete CONNECT/CONNACK and
-// close, as fast as they can, for dur. It returns completed handshakes per
-// second and the proxy's CPU seconds per 1,000 of them.
-func setupRate(addr string, pid, workers int, dur time.Duration, prefix string) (rate, cpuPer1000 float64, err error) {
-	rate, cpuPer1000, _, err = setupRateThreads(addr, pid, workers, dur, prefix)
+// setupRate runs workers that each connect through the proxy (with a TLS
+// handshake first when p.tls is set), complete CONNECT/CONNACK and close,
+// as fast as they can, for dur. It returns completed setups per second and
+// the proxy's CPU seconds per 1,000 of them.
+func setupRate(p *proxy, workers int, dur time.Duration, prefix string) (rate, cpuPer1000 float64, err error) {
+	rate, cpuPer1000, _, err = setupRateThreads(p, workers, dur, prefix)
 	return rate, cpuPer1000, err
 }
 
@@ -26,7 +28,8 @@ func setupRate(addr string, pid, workers int, dur time.Duration, prefix string) 
 // handshakes by thread: "worker" for Envoy's worker threads (wrk:*),
 // "other" for every other thread (Envoy's main thread and, with the
 // module loaded, the Go runtime's threads).
-func setupRateThreads(addr string, pid, workers int, dur time.Duration, prefix string) (rate, cpuPer1000 float64, byThread map[string]float64, err error) {
+func setupRateThreads(p *proxy, workers int, dur time.Duration, prefix string) (rate, cpuPer1000 float64, byThread map[string]float64, err error) {
+	pid := p.pid
 	var done, failed atomic.Int64
 	var firstErr atomic.Value
 	perf := startPerf(pid)
@@ -39,9 +42,9 @@ func setupRateThreads(addr string, pid, workers int, dur time.Duration, prefix s
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d := &dialer{n: uint32(w * 7919)}
+			d := &dialer{n: uint32(w * 7919), tls: p.tls}
 			for i := 0; time.Now().Before(deadline); i++ {
-				s, _, err := d.connect(addr, fmt.Sprintf("%s-%d-%d", prefix, w, i))
+				s, _, err := d.connect(p.addr, fmt.Sprintf("%s-%d-%d", prefix, w, i))
 				if err != nil {
 					failed.Add(1)
 					firstErr.CompareAndSwap(nil, err)
@@ -59,6 +62,9 @@ func setupRateThreads(addr string, pid, workers int, dur time.Duration, prefix s
 	counts := perf.stop()
 	if f := failed.Load(); f > done.Load()/100 {
 		return 0, 0, nil, fmt.Errorf("%d of %d connections failed: %v", f, f+done.Load(), firstErr.Load())
+	}
+	if done.Load() == 0 {
+		return 0, 0, nil, fmt.Errorf("no connection completed in %v", dur)
 	}
 	rate = float64(done.Load()) / elapsed
 	byThread = map[string]float64{}
@@ -246,10 +252,10 @@ func publishLatency(addr, subID, pubID string, perSecond int, dur time.Duration)
 // CONNECT, keeps them open and idle, and returns the proxy's resident
 // memory growth per connection. Each held function runs while the
 // connections are open, to take more measurements.
-func idleMemory(addr string, pid, n int, prefix string, held ...func()) (perConn float64, base, after int64, err error) {
-	base = rssBytes(pid)
+func idleMemory(p *proxy, n int, prefix string, held ...func()) (perConn float64, base, after int64, err error) {
+	base = rssBytes(p.pid)
 	sessions := make([]*session, n)
-	err = connectEach(addr, n, 64, func(i int) string { return fmt.Sprintf("%s-%d", prefix, i) },
+	err = connectEach(p.addr, p.tls, n, 64, func(i int) string { return fmt.Sprintf("%s-%d", prefix, i) },
 		func(i int, s *session) { sessions[i] = s })
 	defer func() {
 		for _, s := range sessions {
@@ -261,17 +267,18 @@ func idleMemory(addr string, pid, n int, prefix string, held ...func()) (perConn
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	after = rssBytes(pid)
+	after = rssBytes(p.pid)
 	for _, f := range held {
 		f()
 	}
 	return float64(after-base) / float64(n), base, after, nil
 }
 
-// connectEach connects n clients through addr with workers in parallel;
-// client i uses the ID idFor(i), and got(i, session) receives its session
-// once CONNACK is in. It stops at the first error.
-func connectEach(addr string, n, workers int, idFor func(int) string, got func(int, *session)) error {
+// connectEach connects n clients through addr (over TLS when tlsConf is
+// set) with workers in parallel; client i uses the ID idFor(i), and
+// got(i, session) receives its session once CONNACK is in. It stops at the
+// first error.
+func connectEach(addr string, tlsConf *tls.Config, n, workers int, idFor func(int) string, got func(int, *session)) error {
 	var next atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
@@ -279,7 +286,7 @@ func connectEach(addr string, n, workers int, idFor func(int) string, got func(i
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d := &dialer{n: uint32(w * 977)}
+			d := &dialer{n: uint32(w * 977), tls: tlsConf}
 			for firstErr.Load() == nil {
 				i := int(next.Add(1)) - 1
 				if i >= n {

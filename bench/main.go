@@ -215,7 +215,7 @@ func runProfileLoad(env *benchEnv, d time.Duration, withFilter bool, workers int
 	}
 	defer p.stop()
 	log.Printf("loading envoy pid %d (admin %s) for %v", p.pid, p.envoy.AdminAddr(), d)
-	rate, cpu, threads, err := setupRateThreads(p.addr, p.pid, env.workers, d, "profile")
+	rate, cpu, threads, err := setupRateThreads(p, env.workers, d, "profile")
 	log.Printf("rate %.0f/s, %.3f CPU s per 1000 (worker %.3f, other %.3f), %.2f context switches per connection, err %v",
 		rate, cpu, threads["worker"], threads["other"], threads["context-switches"], err)
 }

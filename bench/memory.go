@@ -89,13 +89,13 @@ func runMemory(env *benchEnv, variants []memoryVariant, n int) []memoryResult {
 			}
 			log.Printf("memory %d/%d: %s, %d idle connections", rep+1, reps, v.name, n)
 			// Warm up: the first connections allocate per-thread state.
-			if _, _, err := setupRate(p.addr, p.pid, 4, 200*time.Millisecond, fmt.Sprintf("mw-%d", rep)); err != nil {
+			if _, _, err := setupRate(p, 4, 200*time.Millisecond, fmt.Sprintf("mw-%d", rep)); err != nil {
 				r.err = err.Error()
 				p.stop()
 				break
 			}
 			m0, err0 := envoyMemory(p)
-			per, _, _, err := idleMemory(p.addr, p.pid, n, fmt.Sprintf("mem-%d", rep), func() {
+			per, _, _, err := idleMemory(p, n, fmt.Sprintf("mem-%d", rep), func() {
 				if m1, err := envoyMemory(p); err == nil && err0 == nil {
 					alloc = append(alloc, float64(m1["allocated"]-m0["allocated"])/float64(n))
 				}

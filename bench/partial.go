@@ -83,7 +83,7 @@ func runPartial(env *benchEnv, c partialCase, n int) partialResult {
 	}
 	defer p.stop()
 	// Warm up the workers, then let the allocator settle.
-	setupRate(p.addr, p.pid, 4, 200*time.Millisecond, "pw")
+	setupRate(p, 4, 200*time.Millisecond, "pw")
 	r.base = rssBytes(p.pid)
 	m0, _ := envoyMemory(p)
 	payload := partialConnectBytes(c.maxConnectBytes)

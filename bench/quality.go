@@ -37,7 +37,7 @@ func routeAll(addr string, brokers []*broker.Broker, ids []string) (map[string]s
 	for _, b := range brokers {
 		b.ResetRecords()
 	}
-	err := connectEach(addr, len(ids), 64, func(i int) string { return ids[i] }, func(_ int, s *session) { s.close() })
+	err := connectEach(addr, nil, len(ids), 64, func(i int) string { return ids[i] }, func(_ int, s *session) { s.close() })
 	if err != nil {
 		return nil, err
 	}

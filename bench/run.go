@@ -92,7 +92,7 @@ func runPerf(env *benchEnv) []*perfResult {
 			}
 			log.Printf("rep %d/%d: %s", rep+1, env.reps, p.name)
 			prefix := fmt.Sprintf("%s-r%d", p.name, rep)
-			rate, cpu, threads, err := setupRateThreads(p.addr, p.pid, env.workers, env.setupDur, prefix+"-rate")
+			rate, cpu, threads, err := setupRateThreads(p, env.workers, env.setupDur, prefix+"-rate")
 			if err != nil {
 				r.err = "setup rate: " + err.Error()
 				continue
@@ -146,12 +146,12 @@ func runPerf(env *benchEnv) []*perfResult {
 			}
 			log.Printf("memory %d/%d: %s with %d idle connections", rep+1, memReps, p.name, env.idle)
 			// Warm up: the first connections allocate per-thread state.
-			if _, _, err := setupRate(p.addr, p.pid, 4, 200*time.Millisecond, fmt.Sprintf("%s-w%d", p.name, rep)); err != nil {
+			if _, _, err := setupRate(p, 4, 200*time.Millisecond, fmt.Sprintf("%s-w%d", p.name, rep)); err != nil {
 				r.err = "idle memory warm-up: " + err.Error()
 				p.stop()
 				continue
 			}
-			per, _, after, err := idleMemory(p.addr, p.pid, env.idle, fmt.Sprintf("%s-m%d", p.name, rep))
+			per, _, after, err := idleMemory(p, env.idle, fmt.Sprintf("%s-m%d", p.name, rep))
 			p.stop()
 			if err != nil {
 				r.err = "idle memory: " + err.Error()

@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/mqtt-sticky/mqtt-sticky/internal/certs"
@@ -151,7 +149,7 @@ func runTLSPerf(env *benchEnv) []*tlsResult {
 				continue
 			}
 			log.Printf("TLS rep %d/%d: %s", rep+1, env.reps, p.name)
-			rate, cpu, err := setupRateWith(p, env.workers, env.setupDur, fmt.Sprintf("%s-r%d", p.name, rep))
+			rate, cpu, err := setupRate(p, env.workers, env.setupDur, fmt.Sprintf("%s-r%d", p.name, rep))
 			if err != nil {
 				r.err = "setup rate: " + err.Error()
 				continue
@@ -178,12 +176,12 @@ func runTLSPerf(env *benchEnv) []*tlsResult {
 			}
 			p.tls = tb.client
 			log.Printf("TLS memory %d/%d: %s with %d idle TLS connections", rep+1, memReps, p.name, env.idle)
-			if _, _, err := setupRateWith(p, 4, 200*time.Millisecond, fmt.Sprintf("%s-w%d", p.name, rep)); err != nil {
+			if _, _, err := setupRate(p, 4, 200*time.Millisecond, fmt.Sprintf("%s-w%d", p.name, rep)); err != nil {
 				r.err = "idle memory warm-up: " + err.Error()
 				p.stop()
 				continue
 			}
-			per, err := idleMemoryWith(p, env.idle, fmt.Sprintf("%s-m%d", p.name, rep))
+			per, _, _, err := idleMemory(p, env.idle, fmt.Sprintf("%s-m%d", p.name, rep))
 			p.stop()
 			if err != nil {
 				r.err = "idle memory: " + err.Error()
@@ -223,88 +221,6 @@ func handshakeParams(addr string, cfg *tls.Config) (string, error) {
 		key = "ECDSA " + pub.Curve.Params().Name
 	}
 	return fmt.Sprintf("%s, %s, %s, %s certificate", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite), st.CurveID, key), nil
-}
-
-// setupRateWith is setupRate through the contender's own dialer (TLS when
-// it has a TLS config): workers connect, complete the handshake and
-// CONNECT/CONNACK and close, as fast as they can, for dur. It returns
-// setups per second and the proxy's CPU seconds per 1,000 of them.
-func setupRateWith(p *proxy, workers int, dur time.Duration, prefix string) (rate, cpuPer1000 float64, err error) {
-	var done, failed atomic.Int64
-	var firstErr atomic.Value
-	cpu0 := cpuSeconds(p.pid)
-	start := time.Now()
-	deadline := start.Add(dur)
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			d := &dialer{n: uint32(w * 7919), tls: p.tls}
-			for i := 0; time.Now().Before(deadline); i++ {
-				s, _, err := d.connect(p.addr, fmt.Sprintf("%s-%d-%d", prefix, w, i))
-				if err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err)
-					continue
-				}
-				s.close()
-				done.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start).Seconds()
-	cpu := cpuSeconds(p.pid) - cpu0
-	if f := failed.Load(); f > done.Load()/100 {
-		return 0, 0, fmt.Errorf("%d of %d connections failed: %v", f, f+done.Load(), firstErr.Load())
-	}
-	if done.Load() == 0 {
-		return 0, 0, fmt.Errorf("no connection completed in %v", dur)
-	}
-	return float64(done.Load()) / elapsed, cpu / float64(done.Load()) * 1000, nil
-}
-
-// idleMemoryWith opens n connections through the contender, each after its
-// handshake and CONNACK, keeps them idle, and returns the proxy's resident
-// memory growth per connection.
-func idleMemoryWith(p *proxy, n int, prefix string) (float64, error) {
-	base := rssBytes(p.pid)
-	sessions := make([]*session, n)
-	defer func() {
-		for _, s := range sessions {
-			if s != nil {
-				s.close()
-			}
-		}
-	}()
-	var next atomic.Int64
-	var firstErr atomic.Value
-	var wg sync.WaitGroup
-	for w := range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			d := &dialer{n: uint32(w * 977), tls: p.tls}
-			for firstErr.Load() == nil {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				s, _, err := d.connect(p.addr, fmt.Sprintf("%s-%d", prefix, i))
-				if err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-				sessions[i] = s
-			}
-		}()
-	}
-	wg.Wait()
-	if e := firstErr.Load(); e != nil {
-		return 0, e.(error)
-	}
-	return float64(rssBytes(p.pid)-base) / float64(n), nil
 }
 
 // writeTLS adds the TLS section to the report.

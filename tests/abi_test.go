@@ -8,9 +8,10 @@ import (
 )
 
 // Every Envoy callback the module imports must be one the Envoy binary
-// exports. A typo or a callback missing from this Envoy version would
-// otherwise only show when the module first calls it (Envoy loads modules
-// with RTLD_LAZY), as a crash.
+// exports. Envoy 1.40 loads modules with RTLD_NOW, so a typo or a callback
+// missing from this Envoy version would otherwise show only when Envoy
+// loads the filter config, as a refused config with a dlopen error; this
+// test names the symbol before any Envoy runs.
 func TestModuleImportsOnlyEnvoyExports(t *testing.T) {
 	exported := map[string]bool{}
 	for _, s := range dynamicSymbols(t, envoyBinary(t)) {
