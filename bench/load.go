@@ -4,13 +4,13 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"fmt"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/procfs"
 
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
 )
@@ -87,25 +87,21 @@ func threadCPU(pid int) map[string]float64 {
 	if pid <= 0 {
 		return out
 	}
-	dir := fmt.Sprintf("/proc/%d/task", pid)
-	entries, err := os.ReadDir(dir)
+	threads, err := procfs.AllThreads(pid)
 	if err != nil {
 		return out
 	}
-	for _, e := range entries {
-		comm, err1 := os.ReadFile(dir + "/" + e.Name() + "/comm")
-		stat, err2 := os.ReadFile(dir + "/" + e.Name() + "/stat")
+	for _, t := range threads {
+		comm, err1 := t.Comm()
+		stat, err2 := t.Stat()
 		if err1 != nil || err2 != nil {
 			continue // the thread exited
 		}
-		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
-		u, _ := strconv.ParseFloat(f[11], 64)
-		s, _ := strconv.ParseFloat(f[12], 64)
 		group := "other"
-		if strings.HasPrefix(string(comm), "wrk:") {
+		if strings.HasPrefix(comm, "wrk:") {
 			group = "worker"
 		}
-		out[group] += (u + s) / 100
+		out[group] += stat.CPUTime()
 	}
 	return out
 }
@@ -308,35 +304,33 @@ func connectEach(addr string, tlsConf *tls.Config, n, workers int, idFor func(in
 	return nil
 }
 
-// cpuSeconds is the process's user+system CPU time, from /proc.
+// cpuSeconds is the process's user+system CPU time.
 func cpuSeconds(pid int) float64 {
 	if pid <= 0 {
 		return 0
 	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0
 	}
-	// Fields after the command name, which may contain spaces.
-	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
-	utime, _ := strconv.ParseFloat(fields[11], 64)
-	stime, _ := strconv.ParseFloat(fields[12], 64)
-	return (utime + stime) / 100 // USER_HZ is 100 on Linux
+	stat, err := p.Stat()
+	if err != nil {
+		return 0
+	}
+	return stat.CPUTime()
 }
 
-// rssBytes is the process's resident set size.
+// rssBytes is the process's resident set size, 0 when it has gone.
 func rssBytes(pid int) int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb * 1024
-		}
+	st, err := p.NewStatus()
+	if err != nil {
+		return 0
 	}
-	return 0
+	return int64(st.VmRSS)
 }
 
 // percentile returns the p-th percentile (0-100) of ds.

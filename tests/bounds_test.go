@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/procfs"
 
 	"github.com/mqtt-sticky/mqtt-sticky/contract"
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
@@ -42,21 +43,15 @@ func setOverloadLimit(limit int) func(map[string]any) {
 // rss is a process's resident memory in bytes.
 func rss(t testing.TB, pid int) int64 {
 	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kb << 10
-		}
+	st, err := p.NewStatus()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no VmRSS for pid %d", pid)
-	return 0
+	return int64(st.VmRSS)
 }
 
 // perPartialConnect bounds what Envoy holds for one connection that sent

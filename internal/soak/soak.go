@@ -10,15 +10,13 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	paho3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/procfs"
 
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
 )
@@ -243,24 +241,28 @@ func (r *Result) drift(v func(Sample) float64) Drift {
 	return d
 }
 
+// rss is a process's resident memory in bytes, 0 when it has gone.
 func rss(pid int) int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
+	st, err := p.NewStatus()
+	if err != nil {
+		return 0
 	}
-	return 0
+	return int64(st.VmRSS)
 }
 
+// fds is how many files a process holds open, 0 when it has gone.
 func fds(pid int) int {
-	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0
 	}
-	return len(entries)
+	n, err := p.FileDescriptorsLen()
+	if err != nil {
+		return 0
+	}
+	return n
 }
