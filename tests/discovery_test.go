@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -251,9 +250,7 @@ func TestDNSChangeToServed(t *testing.T) {
 	for i := range 20 {
 		want := brokers[:2+(i+1)%2] // 3, 2, 3, ...
 		dnsSrv.write(t, aRecords(want...))
-		if err := dnsSrv.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-			t.Fatal(err)
-		}
+		dnsSrv.reload(t)
 		start := time.Now()
 		envoy.waitHosts(t, cp, want, 10*time.Second)
 		took = append(took, time.Since(start))

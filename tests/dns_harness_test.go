@@ -4,26 +4,24 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/mqtt-sticky/mqtt-sticky/internal/dnsproc"
 )
 
-// dnsServer is a real dnsmasq on 127.0.0.1 serving the records a test
-// writes. A records come from a hosts file (reloaded on SIGHUP); SRV and
-// TXT records from a config file, which dnsmasq reads only at start, so
-// changing those restarts it on the same port.
+// dnsServer is a real dnsmasq on 127.0.0.1 (internal/dnsproc) serving the
+// records a test writes. A records come from a hosts file (reloaded on
+// SIGHUP); SRV and TXT records from a config file, which dnsmasq reads
+// only at start, so changing those restarts it on the same port.
 type dnsServer struct {
-	bin, dir string
-	port     int
-	cmd      *exec.Cmd
-	exited   chan struct{}
-	records  dnsRecords
+	bin, dir, addr string
+	srv            *dnsproc.Server
+	records        dnsRecords
 }
 
 // dnsRecords are the zone's contents.
@@ -45,14 +43,11 @@ const dnsDomain = "mqtt-sticky.test"
 // installs it).
 func startDNS(t *testing.T, r dnsRecords) *dnsServer {
 	t.Helper()
-	bin, err := exec.LookPath("dnsmasq")
+	bin, err := dnsproc.FindBinary()
 	if err != nil {
-		if _, serr := os.Stat("/usr/sbin/dnsmasq"); serr != nil {
-			t.Fatalf("dnsmasq not found (apt-get install dnsmasq; .ci/run installs it): %v", err)
-		}
-		bin = "/usr/sbin/dnsmasq"
+		t.Fatalf("%v (.ci/run installs it)", err)
 	}
-	d := &dnsServer{bin: bin, dir: t.TempDir(), port: freePort(t)}
+	d := &dnsServer{bin: bin, dir: t.TempDir(), addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
 	d.write(t, r)
 	d.start(t)
 	t.Cleanup(func() { d.stop(t) })
@@ -60,7 +55,7 @@ func startDNS(t *testing.T, r dnsRecords) *dnsServer {
 }
 
 // Addr is the resolver address to configure.
-func (d *dnsServer) Addr() string { return fmt.Sprintf("127.0.0.1:%d", d.port) }
+func (d *dnsServer) Addr() string { return d.addr }
 
 func (d *dnsServer) write(t *testing.T, r dnsRecords) {
 	t.Helper()
@@ -79,70 +74,31 @@ func (d *dnsServer) write(t *testing.T, r dnsRecords) {
 	for _, name := range r.txt {
 		fmt.Fprintf(&conf, "txt-record=%s,\"none\"\n", name)
 	}
-	if err := os.WriteFile(filepath.Join(d.dir, "hosts"), []byte(hosts.String()), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(d.dir, dnsproc.HostsFile), []byte(hosts.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(d.dir, "records.conf"), []byte(conf.String()), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(d.dir, dnsproc.RecordsFile), []byte(conf.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
 
+// start starts dnsmasq on the server's address and waits until it answers.
 func (d *dnsServer) start(t *testing.T) {
 	t.Helper()
-	d.cmd = exec.Command(d.bin, "--no-daemon", "--keep-in-foreground", fmt.Sprintf("--port=%d", d.port),
-		"--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
-		"--addn-hosts="+filepath.Join(d.dir, "hosts"), "--conf-file="+filepath.Join(d.dir, "records.conf"),
-		"--local=/"+dnsDomain+"/", "--cache-size=0", "--user=root", "--pid-file=", "--log-facility=-")
-	logf, err := os.Create(filepath.Join(d.dir, "dnsmasq.log"))
+	srv, err := dnsproc.Start(context.Background(), d.bin, d.addr, d.dir, dnsDomain)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	logf.Close()
-	d.exited = make(chan struct{})
-	go func() { d.cmd.Wait(); close(d.exited) }()
-	d.waitAnswering(t)
+	d.srv = srv
 }
 
-// waitAnswering polls until dnsmasq answers a query over UDP.
-func (d *dnsServer) waitAnswering(t *testing.T) {
+func (d *dnsServer) stop(*testing.T) { d.srv.Stop() }
+
+// reload makes dnsmasq reread the hosts file.
+func (d *dnsServer) reload(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	m := new(dns.Msg)
-	m.SetQuestion("ready."+dnsDomain+".", dns.TypeA)
-	c := &dns.Client{Timeout: 100 * time.Millisecond}
-	for {
-		if _, _, err := c.Exchange(m, d.Addr()); err == nil {
-			return
-		}
-		select {
-		case <-d.exited:
-			log, _ := os.ReadFile(filepath.Join(d.dir, "dnsmasq.log"))
-			t.Fatalf("dnsmasq exited:\n%s", log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("dnsmasq did not answer within 10s")
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval of a readiness check
-	}
-}
-
-func (d *dnsServer) stop(t *testing.T) {
-	select {
-	case <-d.exited:
-		return
-	default:
-	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.exited:
-	case <-time.After(5 * time.Second):
-		d.cmd.Process.Kill()
-		<-d.exited
+	if err := d.srv.Reload(); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -153,9 +109,7 @@ func (d *dnsServer) set(t *testing.T, r dnsRecords) {
 	conf := fmt.Sprint(d.records.srv, d.records.txt)
 	d.write(t, r)
 	if conf == fmt.Sprint(r.srv, r.txt) {
-		if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-			t.Fatal(err)
-		}
+		d.reload(t)
 		return
 	}
 	d.stop(t)

@@ -105,8 +105,8 @@ func run(ctx context.Context, o runOptions, out io.Writer) error {
 			return err
 		}
 		defer dns.stop()
-		o.dnsResolver = dns.addr
-		brokers.dnsLine = fmt.Sprintf("dnsmasq on %s serves SRV %s from %s: edit it to add or remove brokers", dns.addr, o.dns, dns.recordsPath())
+		o.dnsResolver = dns.Addr
+		brokers.dnsLine = fmt.Sprintf("dnsmasq on %s serves SRV %s from %s: edit it to add or remove brokers", dns.Addr, o.dns, dns.RecordsPath())
 	}
 	cp, err := startControlPlane(ctx, o, brokers.endpoints)
 	if err != nil {
