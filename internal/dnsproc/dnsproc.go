@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -50,7 +51,13 @@ type Server struct {
 	bin    string
 	cmd    *exec.Cmd
 	exited chan struct{}
+	// nonce is served as the TXT record of readyName: an answer carrying it
+	// comes from this process, not from another dnsmasq already on the port.
+	nonce string
 }
+
+// readyLabel names the record the readiness check asks for.
+const readyLabel = "_mqtt-sticky-ready"
 
 // HostsPath is the file of A and AAAA records.
 func (s *Server) HostsPath() string { return filepath.Join(s.Dir, HostsFile) }
@@ -105,9 +112,14 @@ func (s *Server) start(ctx context.Context) error {
 	if !ok {
 		return fmt.Errorf("dnsmasq address %q: want 127.0.0.1:PORT", s.Addr)
 	}
+	s.nonce = fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())
 	s.cmd = exec.Command(s.bin, "--no-daemon", "--keep-in-foreground", "--port="+port, "--listen-address=127.0.0.1",
 		"--bind-interfaces", "--no-resolv", "--no-hosts", "--addn-hosts="+s.HostsPath(), "--conf-file="+s.RecordsPath(),
-		"--local=/"+s.Zone+"/", "--cache-size=0", "--pid-file=", "--log-facility=-")
+		"--local=/"+s.Zone+"/", "--cache-size=0", "--pid-file=", "--log-facility=-",
+		"--txt-record="+readyLabel+"."+s.Zone+","+s.nonce)
+	// The kernel stops dnsmasq if this process dies without stopping it;
+	// its own process group keeps a terminal's Ctrl-C away from it.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
 	if os.Geteuid() == 0 {
 		s.cmd.Args = append(s.cmd.Args, "--user=root") // read files in a root-owned directory
 	}
@@ -130,15 +142,15 @@ func (s *Server) start(ctx context.Context) error {
 	return nil
 }
 
-// waitAnswering polls until dnsmasq answers a query, so the first lookup
-// works.
+// waitAnswering polls until this dnsmasq answers a query, so the first
+// lookup works.
 func (s *Server) waitAnswering(ctx context.Context) error {
 	m := new(dns.Msg)
-	m.SetQuestion("ready."+s.Zone+".", dns.TypeA)
+	m.SetQuestion(readyLabel+"."+s.Zone+".", dns.TypeTXT)
 	c := &dns.Client{Timeout: 100 * time.Millisecond}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, _, err := c.ExchangeContext(ctx, m, s.Addr); err == nil {
+		if resp, _, err := c.ExchangeContext(ctx, m, s.Addr); err == nil && s.isOurs(resp) {
 			return nil
 		}
 		select {
@@ -153,4 +165,14 @@ func (s *Server) waitAnswering(ctx context.Context) error {
 			return fmt.Errorf("dnsmasq did not answer on %s within 10s; see %s", s.Addr, s.LogPath())
 		}
 	}
+}
+
+// isOurs reports whether a readiness answer carries this process's nonce.
+func (s *Server) isOurs(resp *dns.Msg) bool {
+	for _, rr := range resp.Answer {
+		if txt, ok := rr.(*dns.TXT); ok && slices.Contains(txt.Txt, s.nonce) {
+			return true
+		}
+	}
+	return false
 }

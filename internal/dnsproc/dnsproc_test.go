@@ -22,7 +22,7 @@ func TestServeReloadRestart(t *testing.T) {
 		t.Fatalf("%v (.ci/run installs it)", err)
 	}
 	dir := t.TempDir()
-	write := func(hosts, records string) {
+	writeIn := func(dir, hosts, records string) {
 		t.Helper()
 		if err := os.WriteFile(filepath.Join(dir, HostsFile), []byte(hosts), 0o644); err != nil {
 			t.Fatal(err)
@@ -31,6 +31,7 @@ func TestServeReloadRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	write := func(hosts, records string) { writeIn(dir, hosts, records) }
 	write("127.0.0.7 b1.zone.test\n", "")
 	ctx := context.Background()
 	port, err := envoyproc.FreePort("127.0.0.1")
@@ -45,6 +46,14 @@ func TestServeReloadRestart(t *testing.T) {
 
 	if got := lookup(t, s.Addr, "b1.zone.test", dns.TypeA); !slices.Equal(got, []string{"127.0.0.7"}) {
 		t.Fatalf("A b1: %v", got)
+	}
+	// A second dnsmasq on the same address cannot bind it; the first one's
+	// answers must not pass for the second's readiness.
+	other := t.TempDir()
+	writeIn(other, "127.0.0.9 b1.zone.test\n", "")
+	if s2, err := Start(ctx, bin, s.Addr, other, "zone.test"); err == nil {
+		s2.Stop()
+		t.Fatal("a dnsmasq that could not bind its address was reported ready")
 	}
 	write("127.0.0.8 b1.zone.test\n", "")
 	if err := s.Reload(); err != nil {
