@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -118,7 +120,7 @@ func run(ctx context.Context, o runOptions, out io.Writer) error {
 		return err
 	}
 	defer envoy.Stop(10 * time.Second)
-	healthy, err := waitEnvoyReady(ctx, envoy, len(brokers.endpoints))
+	healthy, err := waitEnvoyReady(ctx, envoy, cp.listeners, len(brokers.endpoints))
 	if err != nil {
 		return err
 	}
@@ -269,6 +271,8 @@ type runControlPlane struct {
 	cancel context.CancelFunc
 	done   chan error
 	log    *os.File
+	// listeners are the names of the listeners it serves Envoy.
+	listeners []string
 }
 
 func (cp *runControlPlane) stop() {
@@ -302,6 +306,9 @@ func startControlPlane(ctx context.Context, o runOptions, endpoints []model.Endp
 	}
 	cpCtx, cancel := context.WithCancel(ctx)
 	cp := &runControlPlane{cancel: cancel, done: make(chan error, 1), log: logFile}
+	for _, l := range file.Listeners {
+		cp.listeners = append(cp.listeners, l.Name)
+	}
 	ready := make(chan struct{})
 	go func() {
 		cp.done <- serve(cpCtx, serveOptions{file: file, xdsListen: runXDS, apiListen: o.apiAddr, healthPoll: defaultHealthPoll, token: os.Getenv(api.TokenEnv),
@@ -348,15 +355,73 @@ func envoyOptions(o runOptions) (envoyproc.Options, error) {
 	}, nil
 }
 
-// waitEnvoyReady waits up to a minute for Envoy to be ready and report
-// every broker healthy, and returns how many it reports healthy.
-func waitEnvoyReady(ctx context.Context, envoy *envoyproc.Process, brokers int) (int, error) {
+// waitEnvoyReady waits up to a minute for Envoy to be ready, listen on
+// every listener, and report every broker healthy, and returns how many it
+// reports healthy.
+func waitEnvoyReady(ctx context.Context, envoy *envoyproc.Process, listeners []string, brokers int) (int, error) {
 	readyCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	if err := envoy.WaitReady(readyCtx); err != nil {
 		return 0, err
 	}
+	if err := waitListening(readyCtx, envoy, listeners); err != nil {
+		return 0, err
+	}
 	return waitHealthy(readyCtx, envoy, brokers), nil
+}
+
+// waitListening waits until Envoy has every named listener active, and
+// fails with Envoy's own reason when it refused one (its port already in
+// use, say). Envoy reports ready once its listeners have an answer,
+// accepted or not, so readiness alone does not say the port is open.
+func waitListening(ctx context.Context, envoy *envoyproc.Process, names []string) error {
+	for {
+		active, refused, err := dynamicListeners(ctx, envoy)
+		if err == nil {
+			for _, name := range names {
+				if why, ok := refused[name]; ok {
+					return fmt.Errorf("Envoy refused listener %s: %s", name, why)
+				}
+			}
+			if !slices.ContainsFunc(names, func(n string) bool { return !active[n] }) {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("Envoy is not listening on %s: %w (see its log)", strings.Join(names, ", "), ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// dynamicListeners reads Envoy's dynamic listeners from its config dump:
+// which are active, and why each refused one was refused.
+func dynamicListeners(ctx context.Context, envoy *envoyproc.Process) (active map[string]bool, refused map[string]string, err error) {
+	code, body, err := envoy.Get(ctx, "/config_dump?resource=dynamic_listeners")
+	if err != nil || code != http.StatusOK {
+		return nil, nil, fmt.Errorf("config_dump: %d %v", code, err)
+	}
+	var dump struct {
+		Configs []struct {
+			Name        string          `json:"name"`
+			ActiveState json.RawMessage `json:"active_state"`
+			ErrorState  *struct {
+				Details string `json:"details"`
+			} `json:"error_state"`
+		} `json:"configs"`
+	}
+	if err := json.Unmarshal([]byte(body), &dump); err != nil {
+		return nil, nil, err
+	}
+	active, refused = map[string]bool{}, map[string]string{}
+	for _, l := range dump.Configs {
+		active[l.Name] = l.ActiveState != nil
+		if l.ErrorState != nil {
+			refused[l.Name] = l.ErrorState.Details
+		}
+	}
+	return active, refused, nil
 }
 
 func printRunning(out io.Writer, o runOptions, b *runBrokers, healthy int) {
