@@ -29,12 +29,23 @@ func (r *report) byName(n string) *perfResult {
 	return nil
 }
 
+// commandOutput is the first non-empty line a version command prints,
+// from "version: " on when it has that (Envoy prints its binary's path
+// first, after an empty line).
 func commandOutput(name string, args ...string) string {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
 		return "unknown"
 	}
-	return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	for _, line := range strings.Split(string(out), "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			if _, v, ok := strings.Cut(line, "version: "); ok {
+				return v
+			}
+			return line
+		}
+	}
+	return "unknown"
 }
 
 func cpuModel() string {
