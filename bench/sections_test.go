@@ -38,3 +38,17 @@ func TestWriteSections(t *testing.T) {
 		}
 	}
 }
+
+// A version command's first non-empty line, from "version: " on when it
+// has one: Envoy prints an empty line and its binary's path first.
+func TestCommandOutput(t *testing.T) {
+	for script, want := range map[string]string{
+		`printf '\n/x/envoy  version: abc/1.40.0/Clean/RELEASE/BoringSSL\n'`: "abc/1.40.0/Clean/RELEASE/BoringSSL",
+		`printf 'HAProxy version 2.6.12 2026/10/17\nStatus: LTS\n'`:          "HAProxy version 2.6.12 2026/10/17",
+		`exit 3`: "unknown",
+	} {
+		if got := commandOutput("sh", "-c", script); got != want {
+			t.Errorf("%s: %q, want %q", script, got, want)
+		}
+	}
+}
