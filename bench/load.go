@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/procfs"
 
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
+	"github.com/mqtt-sticky/mqtt-sticky/internal/procstat"
 )
 
 // setupRate runs workers that each connect through the proxy (with a TLS
@@ -304,33 +305,19 @@ func connectEach(addr string, tlsConf *tls.Config, n, workers int, idFor func(in
 	return nil
 }
 
-// cpuSeconds is the process's user+system CPU time.
+// cpuSeconds is the process's user+system CPU time, 0 without a process.
 func cpuSeconds(pid int) float64 {
 	if pid <= 0 {
 		return 0
 	}
-	p, err := procfs.NewProc(pid)
-	if err != nil {
-		return 0
-	}
-	stat, err := p.Stat()
-	if err != nil {
-		return 0
-	}
-	return stat.CPUTime()
+	s, _ := procstat.CPUSeconds(pid)
+	return s
 }
 
 // rssBytes is the process's resident set size, 0 when it has gone.
 func rssBytes(pid int) int64 {
-	p, err := procfs.NewProc(pid)
-	if err != nil {
-		return 0
-	}
-	st, err := p.NewStatus()
-	if err != nil {
-		return 0
-	}
-	return int64(st.VmRSS)
+	n, _ := procstat.RSS(pid)
+	return n
 }
 
 // percentile returns the p-th percentile (0-100) of ds.

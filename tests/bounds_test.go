@@ -10,10 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/procfs"
-
 	"github.com/mqtt-sticky/mqtt-sticky/contract"
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
+	"github.com/mqtt-sticky/mqtt-sticky/internal/procstat"
 )
 
 // partialConnect returns the first size-1 bytes of a valid MQTT 3.1.1
@@ -43,15 +42,11 @@ func setOverloadLimit(limit int) func(map[string]any) {
 // rss is a process's resident memory in bytes.
 func rss(t testing.TB, pid int) int64 {
 	t.Helper()
-	p, err := procfs.NewProc(pid)
+	n, err := procstat.RSS(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := p.NewStatus()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return int64(st.VmRSS)
+	return n
 }
 
 // perPartialConnect bounds what Envoy holds for one connection that sent

@@ -16,9 +16,9 @@ import (
 	"time"
 
 	paho3 "github.com/eclipse/paho.mqtt.golang"
-	"github.com/prometheus/procfs"
 
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
+	"github.com/mqtt-sticky/mqtt-sticky/internal/procstat"
 )
 
 // Process is one process whose memory and descriptors are sampled.
@@ -243,26 +243,12 @@ func (r *Result) drift(v func(Sample) float64) Drift {
 
 // rss is a process's resident memory in bytes, 0 when it has gone.
 func rss(pid int) int64 {
-	p, err := procfs.NewProc(pid)
-	if err != nil {
-		return 0
-	}
-	st, err := p.NewStatus()
-	if err != nil {
-		return 0
-	}
-	return int64(st.VmRSS)
+	n, _ := procstat.RSS(pid)
+	return n
 }
 
 // fds is how many files a process holds open, 0 when it has gone.
 func fds(pid int) int {
-	p, err := procfs.NewProc(pid)
-	if err != nil {
-		return 0
-	}
-	n, err := p.FileDescriptorsLen()
-	if err != nil {
-		return 0
-	}
+	n, _ := procstat.OpenFiles(pid)
 	return n
 }
