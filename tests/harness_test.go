@@ -236,9 +236,8 @@ func startStaticWith(t *testing.T, modDir string, brokers []*broker.Broker, filt
 	return &staticStack{envoy: p, addr: fmt.Sprintf("127.0.0.1:%d", listenPort), brokers: brokers}
 }
 
-// renderStatic writes envoy/static.yaml with free loopback ports, the given
-// brokers as endpoints and, when not empty, filterJSON as the filter config.
-func renderStatic(t *testing.T, brokers []*broker.Broker, filterJSON string, mutate ...func(map[string]any)) (path string, listenPort, adminPort int) {
+// staticConfig is envoy/static.yaml, decoded.
+func staticConfig(t *testing.T) map[string]any {
 	t.Helper()
 	root, err := envoyproc.RepoRoot()
 	if err != nil {
@@ -252,6 +251,14 @@ func renderStatic(t *testing.T, brokers []*broker.Broker, filterJSON string, mut
 	if err := yaml.Unmarshal(raw, &cfg); err != nil {
 		t.Fatal(err)
 	}
+	return cfg
+}
+
+// renderStatic writes envoy/static.yaml with free loopback ports, the given
+// brokers as endpoints and, when not empty, filterJSON as the filter config.
+func renderStatic(t *testing.T, brokers []*broker.Broker, filterJSON string, mutate ...func(map[string]any)) (path string, listenPort, adminPort int) {
+	t.Helper()
+	cfg := staticConfig(t)
 	listenPort = freePort(t)
 	adminPort = freePort(t)
 

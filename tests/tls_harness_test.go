@@ -17,7 +17,6 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	paho3 "github.com/eclipse/paho.mqtt.golang"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/broker"
@@ -262,19 +261,7 @@ func startStaticTLS(t *testing.T, brokers []*broker.Broker, p *pki, tlsFilterJSO
 func withStaticTLSListener(t *testing.T, p *pki, port int, filterJSON string) func(map[string]any) {
 	return func(cfg map[string]any) {
 		t.Helper()
-		root, err := envoyproc.RepoRoot()
-		if err != nil {
-			t.Fatal(err)
-		}
-		raw, err := os.ReadFile(filepath.Join(root, "envoy", "static.yaml"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var orig map[string]any
-		if err := yaml.Unmarshal(raw, &orig); err != nil {
-			t.Fatal(err)
-		}
-		l := get(t, orig, "static_resources", "listeners", 1).(map[string]any)
+		l := get(t, staticConfig(t), "static_resources", "listeners", 1).(map[string]any)
 		if l["name"] != "mqtt-tls" {
 			t.Fatalf("envoy/static.yaml: listener 1 is %v, want mqtt-tls", l["name"])
 		}
