@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log"
 	"time"
@@ -77,13 +78,8 @@ func runPerf(env *benchEnv) []*perfResult {
 
 	// Interleave contenders within each repetition, so drift on the
 	// machine affects all of them alike.
-	samples := map[string]map[string][]float64{}
-	add := func(name, key string, v float64) {
-		if samples[name] == nil {
-			samples[name] = map[string][]float64{}
-		}
-		samples[name][key] = append(samples[name][key], v)
-	}
+	measured := samples{}
+	add := measured.add
 	for rep := range env.reps {
 		for i, p := range live {
 			r := liveRes[i]
@@ -139,30 +135,18 @@ func runPerf(env *benchEnv) []*perfResult {
 			if r.broken || r.err != "" || s.hashes == "" {
 				continue
 			}
-			p, err := s.start()
+			log.Printf("memory %d/%d: %s with %d idle connections", rep+1, memReps, s.name, env.idle)
+			per, after, err := heldMemory(s.start, nil, env.idle, fmt.Sprintf("%s-%d", s.name, rep))
 			if err != nil {
-				r.err = "idle memory: " + err.Error()
+				r.err = err.Error()
 				continue
 			}
-			log.Printf("memory %d/%d: %s with %d idle connections", rep+1, memReps, p.name, env.idle)
-			// Warm up: the first connections allocate per-thread state.
-			if _, _, err := setupRate(p, 4, 200*time.Millisecond, fmt.Sprintf("%s-w%d", p.name, rep)); err != nil {
-				r.err = "idle memory warm-up: " + err.Error()
-				p.stop()
-				continue
-			}
-			per, _, after, err := idleMemory(p, env.idle, fmt.Sprintf("%s-m%d", p.name, rep))
-			p.stop()
-			if err != nil {
-				r.err = "idle memory: " + err.Error()
-				continue
-			}
-			add(p.name, "mem", per)
+			add(s.name, "mem", per)
 			r.rssAfter = after
 		}
 	}
 	for _, r := range liveRes {
-		s := samples[r.name]
+		s := measured[r.name]
 		r.setupRate, r.cpuPer1000 = summarize(s["rate"]), summarize(s["cpu"])
 		r.cpuWorker, r.cpuOther = summarize(s["worker"]), summarize(s["other"])
 		r.connP50, r.connP99 = summarize(s["c50"]), summarize(s["c99"])
@@ -313,4 +297,36 @@ func runQuality(env *benchEnv) []qualityRow {
 		}
 	}
 	return rows
+}
+
+// samples collects each contender's measurements by name and kind, for
+// the medians.
+type samples map[string]map[string][]float64
+
+func (s samples) add(name, key string, v float64) {
+	if s[name] == nil {
+		s[name] = map[string][]float64{}
+	}
+	s[name][key] = append(s[name][key], v)
+}
+
+// heldMemory starts a fresh proxy, warms its threads up (the first
+// connections allocate per-thread state), holds n idle connections
+// through it (over TLS with tlsConf), and stops it. It returns the
+// resident memory per connection and the proxy's RSS while it held them.
+func heldMemory(start func() (*proxy, error), tlsConf *tls.Config, n int, prefix string) (perConn float64, rss int64, err error) {
+	p, err := start()
+	if err != nil {
+		return 0, 0, fmt.Errorf("idle memory: %w", err)
+	}
+	defer p.stop()
+	p.tls = tlsConf
+	if _, _, err := setupRate(p, 4, 200*time.Millisecond, prefix+"-w"); err != nil {
+		return 0, 0, fmt.Errorf("idle memory warm-up: %w", err)
+	}
+	perConn, _, rss, err = idleMemory(p, n, prefix+"-m")
+	if err != nil {
+		return 0, 0, fmt.Errorf("idle memory: %w", err)
+	}
+	return perConn, rss, nil
 }

@@ -134,13 +134,8 @@ func runTLSPerf(env *benchEnv) []*tlsResult {
 		live = append(live, p)
 		liveRes = append(liveRes, r)
 	}
-	samples := map[string]map[string][]float64{}
-	add := func(name, key string, v float64) {
-		if samples[name] == nil {
-			samples[name] = map[string][]float64{}
-		}
-		samples[name][key] = append(samples[name][key], v)
-	}
+	measured := samples{}
+	add := measured.add
 	// Interleaved within each repetition, as for the plaintext contenders.
 	for rep := range env.reps {
 		for i, p := range live {
@@ -169,29 +164,17 @@ func runTLSPerf(env *benchEnv) []*tlsResult {
 			if r.broken || r.err != "" {
 				continue
 			}
-			p, err := s.start()
+			log.Printf("TLS memory %d/%d: %s with %d idle TLS connections", rep+1, memReps, s.name, env.idle)
+			per, _, err := heldMemory(s.start, tb.client, env.idle, fmt.Sprintf("%s-%d", s.name, rep))
 			if err != nil {
-				r.err = "idle memory: " + err.Error()
+				r.err = err.Error()
 				continue
 			}
-			p.tls = tb.client
-			log.Printf("TLS memory %d/%d: %s with %d idle TLS connections", rep+1, memReps, p.name, env.idle)
-			if _, _, err := setupRate(p, 4, 200*time.Millisecond, fmt.Sprintf("%s-w%d", p.name, rep)); err != nil {
-				r.err = "idle memory warm-up: " + err.Error()
-				p.stop()
-				continue
-			}
-			per, _, _, err := idleMemory(p, env.idle, fmt.Sprintf("%s-m%d", p.name, rep))
-			p.stop()
-			if err != nil {
-				r.err = "idle memory: " + err.Error()
-				continue
-			}
-			add(p.name, "mem", per)
+			add(s.name, "mem", per)
 		}
 	}
 	for _, r := range liveRes {
-		s := samples[r.name]
+		s := measured[r.name]
 		r.setupRate, r.cpuPer1000, r.memPerConn = summarize(s["rate"]), summarize(s["cpu"]), summarize(s["mem"])
 	}
 	return results
