@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mqtt-sticky/mqtt-sticky/bench/loadgen"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/broker"
-	"github.com/mqtt-sticky/mqtt-sticky/internal/loadgen"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 )
 

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mqtt-sticky/mqtt-sticky/bench/loadgen"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/broker"
-	"github.com/mqtt-sticky/mqtt-sticky/internal/loadgen"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/control"
 	"github.com/mqtt-sticky/mqtt-sticky/xds/model"
 )

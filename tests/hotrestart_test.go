@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mqtt-sticky/mqtt-sticky/bench/loadgen"
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/envoyproc"
-	"github.com/mqtt-sticky/mqtt-sticky/internal/loadgen"
 )
 
 // Hot restart timings of this test: the parent stops accepting at once,

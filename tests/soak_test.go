@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mqtt-sticky/mqtt-sticky/internal/soak"
+	"github.com/mqtt-sticky/mqtt-sticky/bench/soak"
 )
 
 // Connection churn and QoS 1 traffic through Envoy fed by the control
