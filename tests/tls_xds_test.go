@@ -218,7 +218,9 @@ clusters:
 		reloadsBefore := listenerStats(t, envoy.Process, tlsAddr)[reloadStat]
 
 		// Handshakes and CONNECTs in a loop on four workers, recording the
-		// server certificate each one saw.
+		// server certificate each one saw. Each worker is its own device:
+		// two CONNECTs with one client ID at once make the broker take one
+		// session over, and the loser reads a DISCONNECT.
 		var (
 			stop     atomic.Bool
 			wg       sync.WaitGroup
@@ -227,8 +229,8 @@ clusters:
 			failures []error
 			newFirst time.Time
 		)
-		d := devs["device-2"]
 		for w := range 4 {
+			d := devs[fmt.Sprintf("device-%d", 2+w)]
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -300,6 +302,7 @@ clusters:
 		if _, _, err := pair.Write(p.serverDir, "server"); err != nil {
 			t.Fatal(err)
 		}
+		d := devs["device-2"]
 		waitFor(t, 10*time.Second, "a handshake with the renamed-in certificate", func() bool {
 			conn, leaf, err := dialTLS(ctx, source(20), tlsAddr, p.clientTLS(&d))
 			if err != nil {
