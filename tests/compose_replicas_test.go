@@ -235,7 +235,7 @@ func composeConfig(t *testing.T, root string, files ...string) composeProject {
 		args = append(args, "-f", filepath.Join(root, f))
 	}
 	cmd := exec.Command("docker", append(args, "config", "--format", "json")...)
-	cmd.Env = append(os.Environ(), "MQTT_STICKY_API_TOKEN=compose-test-token")
+	cmd.Env = append(os.Environ(), api.TokenEnv+"="+composeToken)
 	out, err := cmd.Output()
 	if err != nil {
 		stderr := ""

@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -64,20 +63,7 @@ func TestComposeFilesAgree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("docker", "compose", "-f", filepath.Join(root, "docker-compose.yaml"), "config", "--format", "json")
-	cmd.Env = append(os.Environ(), api.TokenEnv+"="+composeToken)
-	out, err := cmd.Output()
-	if err != nil {
-		stderr := ""
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
-		}
-		t.Fatalf("docker compose config failed (run `make compose-tool` and set DOCKER_CONFIG=%s/.tools/docker): %v\n%s", root, err, stderr)
-	}
-	var p composeProject
-	if err := json.Unmarshal(out, &p); err != nil {
-		t.Fatal(err)
-	}
+	p := composeConfig(t, root, "docker-compose.yaml")
 	cp, err := model.LoadFile(filepath.Join(root, "compose", "mqtt-sticky.yaml"))
 	if err != nil {
 		t.Fatal(err)
