@@ -27,6 +27,16 @@ const FilterStateKey = "envoy.hashable_string"
 // e.g. %DYNAMIC_METADATA(mqtt:client_id)% in an access log.
 const MetadataNamespace = "mqtt"
 
+// The keys the filter sets under MetadataNamespace for a routed connection.
+// The strings are escaped for logs; KeepAlive is a number.
+const (
+	MetadataClientID        = "client_id"
+	MetadataProtocolVersion = "protocol_version"
+	MetadataUsername        = "username"
+	MetadataIdentity        = "identity"
+	MetadataKeepAlive       = "keep_alive"
+)
+
 // The PROXY protocol v2 SSL TLV (type 0x20) that carries the client
 // certificate's CN to the brokers, for proxy_protocol_cn. The filter builds
 // its value and stores it as dynamic metadata under SSLTLVMetadataNamespace

@@ -260,19 +260,35 @@ func (f *Filter) route(c *mqtt.Connect) Status {
 	if f.cfg.Metadata() {
 		f.setMetadata(c)
 	}
-	switch c.Level {
-	case mqtt.Level31:
-		f.conn.Inc(ConnectMQTT31)
-	case mqtt.Level311:
-		f.conn.Inc(ConnectMQTT311)
-	default:
-		f.conn.Inc(ConnectMQTT5)
-	}
+	f.conn.Inc(ConnectCounter(c.Level))
 	if !f.arrived.IsZero() {
 		f.conn.Record(ConnectWait, uint64(now().Sub(f.arrived).Milliseconds()))
 	}
 	f.finish(routed)
 	return Routed
+}
+
+// QuickRoutable reports whether, under cfg, routing a CONNECT with a
+// non-empty key involves nothing but the key, the metadata, the counter
+// and the wait histogram: no certificate, no identity binding, no SSL TLV,
+// no test hook. Package abi then routes a CONNECT that filter/quick
+// recognizes itself, in C, exactly as route would, without entering Go.
+func QuickRoutable(cfg *contract.Config) bool {
+	if _, fromCert := cfg.HashKey.Certificate(); fromCert || beforeRoute != nil {
+		return false
+	}
+	return cfg.IdentityBinding == contract.BindingOff && !cfg.ProxyProtocolCN
+}
+
+// ConnectCounter is the counter of CONNECTs routed at level.
+func ConnectCounter(level mqtt.Level) Counter {
+	switch level {
+	case mqtt.Level31:
+		return ConnectMQTT31
+	case mqtt.Level311:
+		return ConnectMQTT311
+	}
+	return ConnectMQTT5
 }
 
 // routingKey returns the key tcp_proxy hashes: the certificate identity
@@ -309,19 +325,19 @@ func (f *Filter) routingKey(c *mqtt.Connect) (string, bool) {
 
 // setMetadata sets the connection's dynamic metadata, escaped for logs.
 func (f *Filter) setMetadata(c *mqtt.Connect) {
-	f.fields[0], f.fields[1] = Field{"client_id", logSafe(c.ClientID)}, Field{"protocol_version", c.Level.String()}
+	f.fields[0], f.fields[1] = Field{contract.MetadataClientID, logSafe(c.ClientID)}, Field{contract.MetadataProtocolVersion, c.Level.String()}
 	n := 2
 	if c.HasUsername {
-		f.fields[n] = Field{"username", logSafe(c.Username)}
+		f.fields[n] = Field{contract.MetadataUsername, logSafe(c.Username)}
 		n++
 	}
 	if id := f.usedIdentity(); id != "" {
-		f.fields[n] = Field{"identity", logSafe(id)}
+		f.fields[n] = Field{contract.MetadataIdentity, logSafe(id)}
 		n++
 	}
 	f.conn.SetMetadataStrings(f.fields[:n])
 	f.fields = [4]Field{} // hold no strings past the hook
-	f.conn.SetMetadataNumber("keep_alive", float64(c.KeepAlive))
+	f.conn.SetMetadataNumber(contract.MetadataKeepAlive, float64(c.KeepAlive))
 }
 
 // rejectEmptyKey answers with the CONNACK code the protocol version defines

@@ -325,9 +325,9 @@ func adsSource() *corev3.ConfigSource {
 // JSON formatter escapes every control character.
 var accessLogFields = map[string]string{
 	"start_time":       "%START_TIME%",
-	"client_id":        "%DYNAMIC_METADATA(" + contract.MetadataNamespace + ":client_id)%",
-	"identity":         "%DYNAMIC_METADATA(" + contract.MetadataNamespace + ":identity)%",
-	"protocol_version": "%DYNAMIC_METADATA(" + contract.MetadataNamespace + ":protocol_version)%",
+	"client_id":        "%DYNAMIC_METADATA(" + contract.MetadataNamespace + ":" + contract.MetadataClientID + ")%",
+	"identity":         "%DYNAMIC_METADATA(" + contract.MetadataNamespace + ":" + contract.MetadataIdentity + ")%",
+	"protocol_version": "%DYNAMIC_METADATA(" + contract.MetadataNamespace + ":" + contract.MetadataProtocolVersion + ")%",
 	"client_address":   "%DOWNSTREAM_REMOTE_ADDRESS%",
 	"broker":           "%UPSTREAM_HOST%",
 	"duration_ms":      "%DURATION%",
