@@ -105,6 +105,7 @@ fuzz-short: ## run each fuzz target for FUZZTIME (default 500000 inputs, about 2
 	$(GO) test ./filter/mqtt -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./filter/mqtt -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./filter -run '^$$' -fuzz '^FuzzSubjectCN$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./filter/quick -run '^$$' -fuzz '^FuzzQuickAgreesWithParser$$' -fuzztime $(FUZZTIME)
 
 fuzz: ## run each fuzz target for 5 minutes
 	$(MAKE) fuzz-short FUZZTIME=5m
