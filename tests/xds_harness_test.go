@@ -423,6 +423,7 @@ func countByBroker(m map[string]string) map[string]int {
 // configures.
 type accessLine struct {
 	ClientID string `json:"client_id"`
+	Version  string `json:"protocol_version"`
 	From     string `json:"client_address"`
 	Broker   string `json:"broker"`
 }

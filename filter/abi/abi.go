@@ -1,11 +1,13 @@
 // Package abi connects package filter to Envoy's dynamic-module ABI. It is
 // the only package with cgo. The hooks Envoy calls live in shim.c, which
 // does what is the same for every connection (counting it, its CONNECT
-// deadline, kept by waiting.c, and passing routed connections through)
-// and enters Go, through the exports in hooks.go, only for decisions: the
-// reads that carry the CONNECT, a deadline that passed, a close while
-// waiting, a connection Envoy does not read. The callbacks into Envoy are
-// wrapped by conn, which implements filter.Conn.
+// deadline, kept by waiting.c, routing a plain CONNECT that arrives in one
+// read, recognized by filter/quick, and passing routed connections
+// through) and enters Go, through the exports in hooks.go, only for
+// decisions: a CONNECT that is split across reads or unusual, a deadline
+// that passed, a close while waiting, a connection Envoy does not read.
+// The callbacks into Envoy are wrapped by conn, which implements
+// filter.Conn.
 //
 // Envoy holds integer handles and C records, never Go pointers: the filter
 // config is kept in a runtime/cgo handle, and so is a connection's Go
@@ -83,6 +85,7 @@ func mqttStickyConfigNew(envoyConfig unsafe.Pointer, name *C.char, nameLen C.siz
 	out.timeout_ns = C.int64_t(fc.ConnectTimeout())
 	out.waiting_gauge = gauges[filter.Waiting]
 	out.accepted_counter = cfg.counters[filter.Accepted]
+	setQuick(&out.quick, cfg)
 	return true
 }
 

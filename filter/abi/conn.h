@@ -9,6 +9,23 @@
 
 #include "abi.h"
 
+// What C needs to route a CONNECT that filter/quick recognizes, doing
+// what package filter would do with it (filter.QuickRoutable). Go fills it
+// in when the config is made; the buffers point into strings, one C
+// allocation that lives as long as the config.
+typedef struct {
+  bool on;             // the config allows it
+  bool hash_username;  // hash_key username, not client_id
+  bool metadata;       // set the dynamic metadata
+  size_t max_bytes;    // max_connect_bytes
+  size_t connect_counters[6];  // connect_mqtt31, _mqtt311, _mqtt5, by protocol level 3 to 5
+  size_t wait_histogram;       // connect_wait_ms
+  envoy_dynamic_module_type_module_buffer state_key, metadata_ns;
+  envoy_dynamic_module_type_module_buffer client_id_key, protocol_version_key, username_key, keep_alive_key;
+  envoy_dynamic_module_type_module_buffer versions[6];  // "3.1", "3.1.1", "5.0", by protocol level
+  void* strings;
+} mqtt_sticky_quick_config;
+
 // One filter config: the Go side's handle and what C needs for every
 // connection without asking Go.
 typedef struct {
@@ -17,6 +34,7 @@ typedef struct {
   int64_t timeout_ns;       // connect_timeout_ms
   size_t waiting_gauge;     // waiting_for_connect
   size_t accepted_counter;  // accepted
+  mqtt_sticky_quick_config quick;
 } mqtt_sticky_config;
 
 typedef enum {

@@ -14,10 +14,13 @@ import (
 	"github.com/mqtt-sticky/mqtt-sticky/filter"
 )
 
-// The Go runtime inside Envoy. Envoy's worker threads enter Go through cgo
-// callbacks and return to C, where they spend nearly all their time, each
-// still holding a P (a Go scheduler slot) in the syscall state. Two things
-// follow, and each costs CPU on every core Envoy shares with it:
+// The Go runtime inside Envoy. Most connections never reach it: shim.c
+// routes a plain CONNECT in C (filter/quick). The rest (split, unusual or
+// invalid CONNECTs, deadlines that pass) do: Envoy's worker threads enter
+// Go through cgo callbacks and return to C, where they spend nearly all
+// their time, each still holding a P (a Go scheduler slot) in the syscall
+// state. Two things follow, and each costs CPU on every core Envoy shares
+// with it:
 //
 //   - With no idle P, the runtime's monitor thread (sysmon) takes a worker's
 //     P from it as soon as it sees it in C, and wakes a thread to run it,
@@ -31,8 +34,9 @@ import (
 //     read hook), which moves the tick and keeps sysmon asleep. A yield is
 //     not free: the callback's goroutine is locked to the worker thread, so
 //     the scheduler hands the P to another thread and back, about three
-//     context switches. Measured at one worker and ~2,000 connections/s
-//     (Go threads' wake-ups over 15 s): 2ms 11,700; 5ms 7,600; 8ms 8,800
+//     context switches. Measured at one worker and ~2,000 connections/s,
+//     when every connection still entered Go (Go threads' wake-ups over
+//     15 s): 2ms 11,700; 5ms 7,600; 8ms 8,800
 //     (some ticks already missed); 20ms 31,700 with sysmon polling again.
 
 var runtimeOnce sync.Once

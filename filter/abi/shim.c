@@ -1,15 +1,17 @@
 // The hooks Envoy calls, in C. They own the per-connection record Envoy
 // holds for us and do, without entering Go, what is the same for every
-// connection: count it, start its CONNECT deadline (waiting.c), and pass
-// every hook through once it is routed. Go is entered for decisions only:
-// the reads that carry the CONNECT, a deadline that passed, a connection
-// that closed while it waited, and a connection Envoy does not read. A
-// client whose CONNECT arrives in one read enters Go exactly once.
+// connection: count it, start its CONNECT deadline (waiting.c), route a
+// plain CONNECT that arrives in one read (filter/quick), and pass every
+// hook through once it is routed. Go is entered for decisions only: a
+// CONNECT that is split across reads or unusual, a deadline that passed,
+// a connection that closed while it waited, and a connection Envoy does
+// not read. Most clients never enter Go.
 #include <stdlib.h>
 
 #include "_cgo_export.h"
 #include "abi.h"
 #include "conn.h"
+#include "quick.h"
 
 // What Go's hooks return: Envoy's Continue and StopIteration, and two of
 // ours. Routed: the CONNECT is complete and the key set; continue, and Go
@@ -54,6 +56,7 @@ void envoy_dynamic_module_on_network_filter_config_destroy(
     envoy_network_filter_config_module_ptr config) {
   mqtt_sticky_config* cfg = (mqtt_sticky_config*)config;
   mqttStickyConfigDestroy(cfg->handle);
+  free(cfg->quick.strings);
   free(cfg);
 }
 
@@ -124,6 +127,50 @@ static void keep_sysmon_asleep(int64_t now) {
   }
 }
 
+static envoy_dynamic_module_type_module_buffer slice(envoy_dynamic_module_type_envoy_buffer b, size_t off, size_t len) {
+  return (envoy_dynamic_module_type_module_buffer){b.ptr + off, len};
+}
+
+static void set_metadata(mqtt_sticky_conn* c, envoy_dynamic_module_type_envoy_buffer data,
+                         const mqtt_sticky_quick_connect* m) {
+  const mqtt_sticky_quick_config* q = &c->config->quick;
+  envoy_dynamic_module_type_module_buffer id = slice(data, m->client_id_off, m->client_id_len);
+  envoy_dynamic_module_type_module_buffer user = slice(data, m->username_off, m->username_len);
+  envoy_dynamic_module_type_module_key_value_pair fields[3] = {
+      {q->client_id_key.ptr, q->client_id_key.length, id.ptr, id.length},
+      {q->protocol_version_key.ptr, q->protocol_version_key.length, q->versions[m->level].ptr, q->versions[m->level].length},
+      {q->username_key.ptr, q->username_key.length, user.ptr, user.length},
+  };
+  envoy_dynamic_module_callback_network_set_dynamic_metadata_string_batch(c->envoy, q->metadata_ns, fields, m->has_username ? 3 : 2);
+  envoy_dynamic_module_callback_network_set_dynamic_metadata_number(c->envoy, q->metadata_ns, q->keep_alive_key, m->keep_alive);
+}
+
+// route_quickly routes a CONNECT that filter/quick recognizes in the
+// connection's first read, doing in C what package filter's route does
+// with it: set the routing key, the metadata, the counter and the wait
+// histogram. It changes nothing and reports false when Go must decide: a
+// CONNECT it does not recognize, an empty key (empty_key's rules), or a
+// key Envoy refuses (Go refuses the connection, loudly).
+static bool route_quickly(mqtt_sticky_conn* c, envoy_dynamic_module_type_envoy_buffer data, int64_t now) {
+  const mqtt_sticky_quick_config* q = &c->config->quick;
+  mqtt_sticky_quick_connect m;
+  if (!q->on || !mqtt_sticky_quick_parse((const uint8_t*)data.ptr, data.length, q->max_bytes, &m)) {
+    return false;
+  }
+  envoy_dynamic_module_type_module_buffer key = q->hash_username ? slice(data, m.username_off, m.username_len)
+                                                                  : slice(data, m.client_id_off, m.client_id_len);
+  if (key.length == 0 || !envoy_dynamic_module_callback_network_set_filter_state_typed(c->envoy, q->state_key, key)) {
+    return false;
+  }
+  if (q->metadata) {
+    set_metadata(c, data, &m);
+  }
+  envoy_dynamic_module_callback_network_filter_increment_counter(c->envoy, q->connect_counters[m.level], 1);
+  envoy_dynamic_module_callback_network_filter_record_histogram_value(c->envoy, q->wait_histogram,
+                                                                      (uint64_t)(now - c->arrived) / 1000000);
+  return true;
+}
+
 int envoy_dynamic_module_on_network_filter_read(envoy_network_filter_envoy_ptr filter,
                                                 envoy_network_filter_module_ptr module,
                                                 size_t data_length, bool end_stream) {
@@ -148,6 +195,10 @@ int envoy_dynamic_module_on_network_filter_read(envoy_network_filter_envoy_ptr f
     n = 0;
   }
   int64_t now = mqtt_sticky_now();
+  if (c->handle == 0 && n == 1 && route_quickly(c, chunks[0], now)) {
+    leave_waiting(c, MQTT_STICKY_ROUTED);
+    return envoy_network_filter_continue;
+  }
   keep_sysmon_asleep(now);
   c->in_go = true;
   int status = mqttStickyOnRead(c->config->handle, filter, &c->handle, chunks, n, end_stream, now - c->arrived);
