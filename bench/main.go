@@ -63,6 +63,7 @@ func main() {
 	profileB := flag.Bool("profile-b", false, "with --profile-load, use contender B")
 	concurrency := flag.Int("concurrency", 1, "with --profile-load, Envoy's worker threads")
 	envoyEnv := flag.String("envoy-env", "", "extra environment for the Envoys, e.g. GOMAXPROCS=3 (comma-separated)")
+	reps := flag.Int("reps", 0, "repetitions of each measurement (default 7, quick 3)")
 	tlsOnly := flag.Bool("tls-only", false, "measure only the TLS contenders (A-TLS, B-TLS, C-TLS) and write them alone to --out")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
@@ -79,6 +80,9 @@ func main() {
 	if env.quick {
 		env.reps, env.setupDur, env.latDur, env.msgs, env.qualityN = 3, 2*time.Second, 2*time.Second, 50_000, 5_000
 		env.stormClients, env.stormRate = min(env.stormClients, 1500), 500
+	}
+	if *reps > 0 {
+		env.reps = *reps
 	}
 	if *envoyEnv != "" {
 		env.envoyEnv = strings.Split(*envoyEnv, ",")

@@ -235,7 +235,7 @@ func (r *report) writeAnalysis(b *strings.Builder, A, B, C, D *perfResult) {
 		return
 	}
 	b.WriteString("\n## Where the cost is\n\n")
-	fmt.Fprintf(b, "Proxy CPU per 1,000 connection setups, split by thread. Envoy's worker thread runs the connections; \"other\" is Envoy's main thread and, in A, the Go runtime's own threads and the module's deadline thread. The module enters Go once per connection, and sizes the Go runtime so that its monitor thread (`sysmon`) sleeps while Envoy's workers keep entering and leaving Go (filter/abi/runtime.go); the next sections measure the cost at two workers and the module alone.\n\n")
+	fmt.Fprintf(b, "Proxy CPU per 1,000 connection setups, split by thread. Envoy's worker thread runs the connections; \"other\" is Envoy's main thread and, in A, the Go runtime's own threads and the module's deadline thread. The module routes these plain CONNECTs in C without entering Go (filter/quick); the next sections measure the cost at two workers and the module alone.\n\n")
 	b.WriteString("| contender | total CPU s | worker thread | other threads |\n|---|---|---|---|\n")
 	for _, p := range []*perfResult{A, B} {
 		fmt.Fprintf(b, "| %s | %.3f | %.3f | %.3f |\n", p.name, p.cpuPer1000.median, p.cpuWorker.median, p.cpuOther.median)
