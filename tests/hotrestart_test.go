@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 	"github.com/mqtt-sticky/mqtt-sticky/bench/loadgen"
 	"github.com/mqtt-sticky/mqtt-sticky/filter/mqtt"
 	"github.com/mqtt-sticky/mqtt-sticky/internal/envoyproc"
+	"github.com/mqtt-sticky/mqtt-sticky/internal/procstat"
 )
 
 // Hot restart timings of this test: the parent stops accepting at once,
@@ -183,45 +185,12 @@ func restartEpoch(t *testing.T, p *envoyproc.Process) int {
 }
 
 // socketOwner returns which of pids holds the server side of the TCP
-// connection whose client end is clientAddr: the process with a
-// descriptor for the socket whose remote address that is.
+// connection whose client end is clientAddr.
 func socketOwner(t *testing.T, clientAddr string, pids ...int) int {
 	t.Helper()
-	inode := tcpInode(t, clientAddr)
-	if inode == "" {
-		t.Fatalf("no server-side socket for client %s", clientAddr)
-	}
-	want := "socket:[" + inode + "]"
-	for _, pid := range pids {
-		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
-		for _, fd := range fds {
-			if target, err := os.Readlink(fd); err == nil && target == want {
-				return pid
-			}
-		}
-	}
-	return 0
-}
-
-// tcpInode finds, in /proc/net/tcp, the socket whose remote address is
-// clientAddr (an IPv4 loopback address), and returns its inode.
-func tcpInode(t *testing.T, clientAddr string) string {
-	t.Helper()
-	host, port := splitHostPort(t, clientAddr)
-	ip := net.ParseIP(host).To4()
-	// /proc/net/tcp writes the address as little-endian hex, then the port.
-	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], port)
-	f, err := os.Open("/proc/net/tcp")
+	owner, err := procstat.SocketOwner(netip.MustParseAddrPort(clientAddr), pids...)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("server-side socket for client %s: %v", clientAddr, err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 9 && fields[2] == want {
-			return fields[9]
-		}
-	}
-	return ""
+	return owner
 }

@@ -1,6 +1,8 @@
 package procstat
 
 import (
+	"net"
+	"net/netip"
 	"os"
 	"testing"
 )
@@ -28,5 +30,38 @@ func TestOwnProcess(t *testing.T) {
 	}
 	if _, err := RSS(1 << 30); err == nil {
 		t.Error("RSS of a process that does not exist: no error")
+	}
+}
+
+// The server side of a loopback connection belongs to this process, not
+// to pid 1; a connection that does not exist is an error.
+func TestSocketOwner(t *testing.T) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := net.Dial("tcp4", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	client := netip.MustParseAddrPort(c.LocalAddr().String())
+	if owner, err := SocketOwner(client, 1, os.Getpid()); err != nil || owner != os.Getpid() {
+		t.Errorf("SocketOwner(%s) = %d, %v; want this process, %d", client, owner, err, os.Getpid())
+	}
+	if owner, err := SocketOwner(client, 1); err != nil || owner != 0 {
+		t.Errorf("SocketOwner(%s) among pid 1 only = %d, %v; want 0", client, owner, err)
+	}
+	c.Close()
+	s.Close()
+	gone := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 1)
+	if _, err := SocketOwner(gone, os.Getpid()); err == nil {
+		t.Errorf("SocketOwner(%s) found a socket that does not exist", gone)
 	}
 }
